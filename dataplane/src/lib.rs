@@ -1,0 +1,18 @@
+//! sluice-dataplane: the gateway's packet path.
+//!
+//! * [`wire`]: zero-copy views over the protocols Sluice parses and rewrites, the Geneve
+//!   wire contract, and incremental checksums.
+//! * [`tables`]: the gateway's routing, endpoint and service tables, updated by
+//!   transactions that workers observe whole and without waiting.
+//! * [`pipeline`]: `process(tables, frame) -> Verdict`, the bouncer, divider and service
+//!   DNAT logic as a pure function, unit-tested and benchmarked without sockets.
+//!
+//! Nothing here allocates, locks or makes a syscall per packet.
+#![deny(unsafe_code)]
+
+pub mod pipeline;
+pub mod tables;
+pub mod wire;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
