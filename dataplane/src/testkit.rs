@@ -71,10 +71,7 @@ pub fn vni(value: u32) -> Vni {
 
 /// This gateway: GW, bouncer of A1, A2 and B1; not a divider.
 pub fn local() -> Local {
-    Local {
-        ip: GW,
-        mac: GW_MAC,
-    }
+    Local::new(GW, GW_MAC)
 }
 
 /// The standard world as one transaction.
@@ -499,4 +496,132 @@ pub fn fix_ipv4_checksum(packet: &mut [u8], offset: usize) {
     }
     let checksum = !(sum as u16);
     packet[offset + 10..offset + 12].copy_from_slice(&checksum.to_be_bytes());
+}
+
+/// A world of any size, for benches: VPC 100 (10.0.0.0/8, services in 172.16.0.0/12),
+/// `endpoints` pods spread round-robin over /16 subnets (at least two) and over 1,000
+/// worker hosts, and `services` TCP services on port 80 with `backends` backends each.
+/// This gateway (GW) bounces every subnet; GW2 is the divider.
+#[derive(Clone, Debug)]
+pub struct ScaledWorld {
+    pub endpoints: usize,
+    pub services: usize,
+    pub backends: usize,
+    pub subnets: usize,
+}
+
+impl ScaledWorld {
+    pub const WORKER_HOSTS: usize = 1_000;
+    const PER_SUBNET: usize = 65_000;
+
+    pub fn new(endpoints: usize, services: usize, backends: usize) -> Self {
+        let subnets = endpoints.div_ceil(Self::PER_SUBNET).max(2);
+        Self { endpoints, services, backends, subnets }
+    }
+
+    pub fn host(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, 1 + (i / 250) as u8, 1 + (i % 250) as u8)
+    }
+
+    pub fn host_mac(i: usize) -> MacAddr {
+        MacAddr([0x02, 0x01, 0, 0, (i >> 8) as u8, i as u8])
+    }
+
+    /// The subnet index and address of endpoint `i`.
+    pub fn endpoint(&self, i: usize) -> (usize, Ipv4Addr) {
+        let subnet = i % self.subnets;
+        let k = 10 + i / self.subnets;
+        (subnet, Ipv4Addr::new(10, subnet as u8, (k >> 8) as u8, k as u8))
+    }
+
+    pub fn endpoint_mac(&self, i: usize) -> MacAddr {
+        MacAddr([0x0a, 0x58, (i >> 24) as u8, (i >> 16) as u8, (i >> 8) as u8, i as u8])
+    }
+
+    pub fn router_mac(subnet: usize) -> MacAddr {
+        MacAddr([0x02, 0xaa, 0, 0, subnet as u8, 1])
+    }
+
+    pub fn vip(j: usize) -> Ipv4Addr {
+        Ipv4Addr::new(172, 16 + (j >> 16) as u8, (j >> 8) as u8, j as u8)
+    }
+
+    /// The whole world as one transaction.
+    pub fn transaction(&self) -> Transaction {
+        let mut upserts = vec![
+            Object::Host(Host { ip: GW, mac: GW_MAC }),
+            Object::Host(Host { ip: GW2, mac: GW2_MAC }),
+        ];
+        for i in 0..Self::WORKER_HOSTS {
+            upserts.push(Object::Host(Host { ip: Self::host(i), mac: Self::host_mac(i) }));
+        }
+        upserts.push(Object::Vpc(Vpc {
+            vni: vni(VNI_A),
+            cidr: "10.0.0.0/8".parse().expect("test CIDR"),
+            service_cidr: "172.16.0.0/12".parse().expect("test CIDR"),
+            dividers: vec![GW2],
+        }));
+        for s in 0..self.subnets {
+            upserts.push(Object::Subnet(Subnet {
+                vni: vni(VNI_A),
+                cidr: format!("10.{s}.0.0/16").parse().expect("test CIDR"),
+                router_mac: Self::router_mac(s),
+                bouncers: vec![GW],
+            }));
+        }
+        for i in 0..self.endpoints {
+            upserts.push(Object::Endpoint(Endpoint {
+                vni: vni(VNI_A),
+                ip: self.endpoint(i).1,
+                mac: self.endpoint_mac(i),
+                host: Self::host(i % Self::WORKER_HOSTS),
+            }));
+        }
+        for j in 0..self.services {
+            let backends = (0..self.backends)
+                .map(|k| Backend {
+                    ip: self.endpoint((j * self.backends + k) % self.endpoints).1,
+                    // Distinct ports keep backends distinct when endpoints are few.
+                    port: 8000 + k as u16,
+                    weight: 1,
+                })
+                .collect();
+            upserts.push(Object::Service(Service {
+                vni: vni(VNI_A),
+                vip: Self::vip(j),
+                port: 80,
+                protocol: Protocol::Tcp,
+                backends,
+            }));
+        }
+        Transaction { upserts, deletes: vec![] }
+    }
+
+    pub fn tables(&self) -> TableWriter {
+        let mut writer = TableWriter::new();
+        writer.apply(&self.transaction()).expect("the scaled world is valid");
+        writer
+    }
+
+    /// The host that endpoint `i` lives on.
+    pub fn endpoint_host(&self, i: usize) -> Ipv4Addr {
+        Self::host(i % Self::WORKER_HOSTS)
+    }
+}
+
+/// A small deterministic generator (xorshift64*) so benches and tests need no RNG crate.
+#[derive(Clone, Debug)]
+pub struct Xorshift(pub u64);
+
+impl Xorshift {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
 }

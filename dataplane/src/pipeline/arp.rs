@@ -3,13 +3,12 @@
 
 use std::net::Ipv4Addr;
 
-use smoltcp::wire::{ArpHardware, ArpOperation, ArpPacket, EthernetProtocol};
+use smoltcp::wire::EthernetAddress;
 
 use super::verdict::DropReason;
 use crate::tables::{Tables, VpcEntry};
 use crate::wire::geneve::SluiceOption;
-
-const ETHERNET_LEN: usize = 14;
+use crate::wire::{arp, ethernet};
 
 /// Answers the ARP request in `inner` (an Ethernet frame). Returns the HOST_HINT to
 /// attach when the target is an endpoint (not the router).
@@ -19,39 +18,25 @@ pub(crate) fn respond(
     vpc: &VpcEntry,
     inner: &mut [u8],
 ) -> Result<Option<SluiceOption>, DropReason> {
-    let arp_bytes = inner
-        .get(ETHERNET_LEN..)
-        .ok_or(DropReason::InnerMalformed)?;
-    let arp = ArpPacket::new_checked(arp_bytes).map_err(|_| DropReason::ArpMalformed)?;
-    if arp.hardware_type() != ArpHardware::Ethernet
-        || arp.protocol_type() != EthernetProtocol::Ipv4
-        || arp.hardware_len() != 6
-        || arp.protocol_len() != 4
-    {
-        return Err(DropReason::ArpMalformed);
-    }
-    if arp.operation() != ArpOperation::Request {
+    let (eth, arp_bytes) = inner.split_at_mut(ethernet::HEADER_LEN);
+    let mut packet = arp::checked(arp_bytes).map_err(|_| DropReason::ArpMalformed)?;
+    if packet.operation() != arp::Operation::Request {
         return Err(DropReason::ArpNotRequest);
     }
-    let sender_mac: [u8; 6] = arp
-        .source_hardware_addr()
-        .try_into()
-        .map_err(|_| DropReason::ArpMalformed)?;
-    let sender_ip = ipv4(arp.source_protocol_addr())?;
-    let target_ip = ipv4(arp.target_protocol_addr())?;
-    if sender_ip == target_ip {
+    let sender = ipv4(packet.source_protocol_addr())?;
+    let target = ipv4(packet.target_protocol_addr())?;
+    if sender == target {
         // A gratuitous announcement, not a question.
         return Err(DropReason::ArpNotRequest);
     }
     let subnet = tables
-        .subnet_for(vpc, sender_ip)
+        .subnet_for(vpc, sender.to_bits())
         .ok_or(DropReason::ArpUnknownTarget)?;
-    let target = Ipv4Addr::from(target_ip);
-    let (answer_mac, hint) = if target == subnet.router_ip {
-        (subnet.subnet.router_mac.0, None)
-    } else if subnet.subnet.cidr.contains(target) {
+    let (answer, hint) = if target == subnet.router_ip {
+        (subnet.router_mac, None)
+    } else if subnet.contains(target.to_bits()) {
         let endpoint = tables
-            .endpoint(vpc.vpc.vni.get(), target_ip)
+            .endpoint(vpc.vni, target.to_bits())
             .ok_or(DropReason::ArpUnknownTarget)?;
         let hint = SluiceOption::HostHint {
             endpoint: target,
@@ -61,19 +46,18 @@ pub(crate) fn respond(
     } else {
         return Err(DropReason::ArpUnknownTarget);
     };
-
-    let mut arp = ArpPacket::new_unchecked(&mut inner[ETHERNET_LEN..]);
-    arp.set_operation(ArpOperation::Reply);
-    arp.set_target_hardware_addr(&sender_mac);
-    arp.set_target_protocol_addr(&sender_ip.to_be_bytes());
-    arp.set_source_hardware_addr(&answer_mac);
-    arp.set_source_protocol_addr(&target_ip.to_be_bytes());
-    inner[0..6].copy_from_slice(&sender_mac);
-    inner[6..12].copy_from_slice(&answer_mac);
+    let requester: [u8; 6] = packet
+        .source_hardware_addr()
+        .try_into()
+        .map_err(|_| DropReason::ArpMalformed)?;
+    arp::answer_request_in_place(&mut packet, EthernetAddress(answer))
+        .map_err(|_| DropReason::ArpMalformed)?;
+    eth[ethernet::DST_ADDR_OFFSET..ethernet::DST_ADDR_OFFSET + 6].copy_from_slice(&requester);
+    eth[ethernet::SRC_ADDR_OFFSET..ethernet::SRC_ADDR_OFFSET + 6].copy_from_slice(&answer);
     Ok(hint)
 }
 
-fn ipv4(bytes: &[u8]) -> Result<u32, DropReason> {
+fn ipv4(bytes: &[u8]) -> Result<Ipv4Addr, DropReason> {
     let octets: [u8; 4] = bytes.try_into().map_err(|_| DropReason::ArpMalformed)?;
-    Ok(u32::from_be_bytes(octets))
+    Ok(Ipv4Addr::from(octets))
 }

@@ -11,24 +11,25 @@
 
 use std::net::Ipv4Addr;
 
-use smoltcp::wire::{IpProtocol, Ipv4Packet};
-
 use super::verdict::DropReason;
 use super::Local;
 use crate::tables::maglev::flow_hash;
 use crate::tables::{Tables, VpcEntry};
-use crate::wire::checksum;
 use crate::wire::geneve::SluiceOption;
+use crate::wire::{checksum, ethernet, ipv4};
 
-const ETHERNET_LEN: usize = 14;
-const IPV4_TTL_OFFSET: usize = 8;
-const IPV4_CHECKSUM_OFFSET: usize = 10;
-const IPV4_DST_OFFSET: usize = 16;
+const IPV4_CHECKSUM_OFFSET: usize = ipv4::CHECKSUM_OFFSET;
+const IPV4_DST_OFFSET: usize = ipv4::DST_ADDR_OFFSET;
+const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
 const L4_DST_PORT_OFFSET: usize = 2;
 const UDP_CHECKSUM_OFFSET: usize = 6;
 const UDP_HEADER_LEN: usize = 8;
 const TCP_CHECKSUM_OFFSET: usize = 16;
 const TCP_MIN_HEADER_LEN: usize = 20;
+const ETH_SRC: std::ops::Range<usize> = ethernet::SRC_ADDR_OFFSET..ethernet::SRC_ADDR_OFFSET + 6;
+const ETH_DST: std::ops::Range<usize> = ethernet::DST_ADDR_OFFSET..ethernet::DST_ADDR_OFFSET + 6;
 
 /// Where the packet goes and what it carries.
 #[derive(Clone, Copy, Debug)]
@@ -48,44 +49,36 @@ pub(crate) fn forward(
     incoming_hint: Option<SluiceOption>,
     incoming_service: Option<SluiceOption>,
 ) -> Result<NextHop, DropReason> {
-    let vni = vpc.vpc.vni.get();
-    let ip_bytes = inner
-        .get_mut(ETHERNET_LEN..)
-        .ok_or(DropReason::InnerMalformed)?;
-    let ip = Ipv4Packet::new_checked(&*ip_bytes).map_err(|_| DropReason::InnerMalformed)?;
-    if ip.version() != 4 {
+    let vni = vpc.vni;
+    let (eth, ip) = inner.split_at_mut(ethernet::HEADER_LEN);
+    if ip.len() < ipv4::MIN_HEADER_LEN || ip[ipv4::VER_IHL_OFFSET] >> 4 != ipv4::VERSION {
         return Err(DropReason::InnerMalformed);
     }
-    let header_len = usize::from(ip.header_len());
-    let src = u32::from(ip.src_addr());
-    let mut dst = u32::from(ip.dst_addr());
+    let header_len = usize::from(ip[ipv4::VER_IHL_OFFSET] & 0x0f) * 4;
+    let total_len = usize::from(read_u16(ip, ipv4::TOTAL_LEN_OFFSET));
+    if header_len < ipv4::MIN_HEADER_LEN || total_len < header_len || total_len > ip.len() {
+        return Err(DropReason::InnerMalformed);
+    }
+    let ip = &mut ip[..total_len];
+    let src = read_u32(ip, ipv4::SRC_ADDR_OFFSET);
+    let mut dst = read_u32(ip, IPV4_DST_OFFSET);
     let mut service_orig = incoming_service;
 
-    if vpc.vpc.service_cidr.contains(Ipv4Addr::from(dst)) {
-        if ip.more_frags() || ip.frag_offset() != 0 {
+    if vpc.is_service_ip(dst) {
+        if read_u16(ip, ipv4::FLAGS_FRAG_OFFSET) & IPV4_FRAGMENT_MASK != 0 {
             return Err(DropReason::ServiceFragment);
         }
-        let protocol: u8 = ip.next_header().into();
-        let total_len = usize::from(ip.total_len());
-        let (new_dst, orig) = dnat(
-            tables,
-            vni,
-            &mut ip_bytes[..total_len],
-            header_len,
-            protocol,
-            src,
-            dst,
-        )?;
-        dst = new_dst;
+        let protocol = ip[ipv4::PROTOCOL_OFFSET];
+        let (backend, orig) = dnat(tables, vni, ip, header_len, protocol, src, dst)?;
+        dst = backend;
         service_orig = Some(orig);
     }
 
-    let vni_subnet = tables.subnet_for(vpc, dst).ok_or(DropReason::NoRoute)?;
-    let subnet = &vni_subnet.subnet;
-    if !subnet.cidr.contains(Ipv4Addr::from(src)) && inner[6..12] != subnet.router_mac.0 {
+    let subnet = tables.subnet_for(vpc, dst).ok_or(DropReason::NoRoute)?;
+    if !subnet.contains(src) && eth[ETH_SRC] != subnet.router_mac {
         // First routing hop: later gateways see the router MAC as source and leave the TTL.
-        decrement_ttl(&mut inner[ETHERNET_LEN..])?;
-        inner[6..12].copy_from_slice(&subnet.router_mac.0);
+        decrement_ttl(ip)?;
+        eth[ETH_SRC].copy_from_slice(&subnet.router_mac);
     }
 
     let host_hint = match tables.endpoint(vni, src) {
@@ -98,21 +91,26 @@ pub(crate) fn forward(
 
     let host = match tables.endpoint(vni, dst) {
         Some(endpoint) => {
-            inner[0..6].copy_from_slice(&endpoint.mac.0);
+            eth[ETH_DST].copy_from_slice(&endpoint.mac.0);
             endpoint.host
         }
-        None if vpc.vpc.dividers.contains(&local.ip) => {
-            let bouncer = pick(&subnet.bouncers, src, dst).ok_or(DropReason::UnknownEndpoint)?;
-            if bouncer == local.ip {
+        None => {
+            let bouncers = &subnet.subnet.bouncers;
+            if vpc.vpc.dividers.contains(&local.ip) {
+                let bouncer = pick(bouncers, src, dst).ok_or(DropReason::UnknownEndpoint)?;
+                if bouncer == local.ip {
+                    return Err(DropReason::UnknownEndpoint);
+                }
+                bouncer
+            } else if bouncers.contains(&local.ip) {
                 return Err(DropReason::UnknownEndpoint);
+            } else {
+                pick(&vpc.vpc.dividers, src, dst).ok_or(DropReason::NoRoute)?
             }
-            bouncer
         }
-        None if subnet.bouncers.contains(&local.ip) => return Err(DropReason::UnknownEndpoint),
-        None => pick(&vpc.vpc.dividers, src, dst).ok_or(DropReason::NoRoute)?,
     };
     Ok(NextHop {
-        host: u32::from(host),
+        host: host.to_bits(),
         host_hint,
         service_orig,
     })
@@ -130,9 +128,9 @@ fn dnat(
     src: u32,
     vip: u32,
 ) -> Result<(u32, SluiceOption), DropReason> {
-    let (checksum_offset, min_len) = match IpProtocol::from(protocol) {
-        IpProtocol::Tcp => (TCP_CHECKSUM_OFFSET, TCP_MIN_HEADER_LEN),
-        IpProtocol::Udp => (UDP_CHECKSUM_OFFSET, UDP_HEADER_LEN),
+    let (checksum_offset, min_len) = match protocol {
+        IPPROTO_TCP => (TCP_CHECKSUM_OFFSET, TCP_MIN_HEADER_LEN),
+        IPPROTO_UDP => (UDP_CHECKSUM_OFFSET, UDP_HEADER_LEN),
         _ => return Err(DropReason::NoService),
     };
     let l4 = ip.get(header_len..).ok_or(DropReason::InnerMalformed)?;
@@ -164,7 +162,7 @@ fn dnat(
 
     let l4 = &mut ip[header_len..];
     let csum = read_u16(l4, checksum_offset);
-    let csum = if protocol == u8::from(IpProtocol::Udp) {
+    let csum = if protocol == IPPROTO_UDP {
         let csum = checksum::update_udp_u32(csum, vip, backend);
         checksum::update_udp_u16(csum, vip_port, backend_port)
     } else {
@@ -184,19 +182,8 @@ fn dnat(
 
 #[inline]
 fn decrement_ttl(ip: &mut [u8]) -> Result<(), DropReason> {
-    let ttl = ip[IPV4_TTL_OFFSET];
-    if ttl <= 1 {
-        return Err(DropReason::TtlExceeded);
-    }
-    let old_word = read_u16(ip, IPV4_TTL_OFFSET);
-    ip[IPV4_TTL_OFFSET] = ttl - 1;
-    let new_word = read_u16(ip, IPV4_TTL_OFFSET);
-    let csum = read_u16(ip, IPV4_CHECKSUM_OFFSET);
-    write_u16(
-        ip,
-        IPV4_CHECKSUM_OFFSET,
-        checksum::update_u16(csum, old_word, new_word),
-    );
+    let mut packet = ipv4::Packet::new_unchecked(ip);
+    ipv4::decrement_ttl(&mut packet).ok_or(DropReason::TtlExceeded)?;
     Ok(())
 }
 
@@ -223,6 +210,11 @@ pub fn pair_hash(src: u32, dst: u32) -> u32 {
 #[inline]
 fn read_u16(bytes: &[u8], offset: usize) -> u16 {
     u16::from_be_bytes([bytes[offset], bytes[offset + 1]])
+}
+
+#[inline]
+fn read_u32(bytes: &[u8], offset: usize) -> u32 {
+    u32::from_be_bytes([bytes[offset], bytes[offset + 1], bytes[offset + 2], bytes[offset + 3]])
 }
 
 #[inline]

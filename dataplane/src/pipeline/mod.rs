@@ -19,13 +19,13 @@ mod verdict;
 use std::net::Ipv4Addr;
 
 use sluice_api::MacAddr;
-use smoltcp::wire::EthernetProtocol;
 
 pub use frame::Frame;
 pub use ipv4::pair_hash;
 pub use verdict::{DropCounters, DropReason, Verdict};
 
 use crate::tables::Tables;
+use crate::wire::ethernet;
 use crate::wire::geneve::SluiceOption;
 use outer::Encap;
 
@@ -38,6 +38,23 @@ pub const REQUIRED_HEADROOM: usize = 24;
 pub struct Local {
     pub ip: Ipv4Addr,
     pub mac: MacAddr,
+    /// Precomputed part of every outer IPv4 header checksum this gateway writes.
+    outer_ip_sum: u32,
+}
+
+impl Local {
+    pub const fn new(ip: Ipv4Addr, mac: MacAddr) -> Self {
+        Self {
+            ip,
+            mac,
+            outer_ip_sum: outer::outer_ip_fixed_sum(ip.to_bits()),
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) const fn ip_bits(&self) -> u32 {
+        self.ip.to_bits()
+    }
 }
 
 /// Processes one received frame in place. On `Forward` and `Reply` the frame holds the
@@ -61,13 +78,13 @@ fn process_frame(
     let inner_start = frame.start() + rx.inner_off;
     let inner_len = rx.inner_len;
     let inner = &mut frame.buf_mut()[inner_start..inner_start + inner_len];
-    if inner.len() < 14 {
+    if inner.len() < ethernet::HEADER_LEN {
         return Err(DropReason::InnerMalformed);
     }
-    let ethertype = EthernetProtocol::from(u16::from_be_bytes([inner[12], inner[13]]));
+    let ethertype = u16::from_be_bytes([inner[12], inner[13]]);
     let mut options = [SluiceOption::Direct; outer::MAX_OPTIONS];
     let (verdict, to, count) = match ethertype {
-        EthernetProtocol::Arp => {
+        ethernet::ETHERTYPE_ARP => {
             let hint = arp::respond(tables, vpc, inner)?;
             let to = Encap {
                 dst_ip: rx.src_ip,
@@ -78,9 +95,9 @@ fn process_frame(
             let count = push_options(&mut options, [hint, None]);
             (Verdict::Reply, to, count)
         }
-        EthernetProtocol::Ipv4 => {
+        ethernet::ETHERTYPE_IPV4 => {
             let next = ipv4::forward(tables, local, vpc, inner, rx.host_hint, rx.service_orig)?;
-            if next.host == u32::from(local.ip) {
+            if next.host == local.ip_bits() {
                 return Err(DropReason::Loop);
             }
             if rx.stale && next.host == rx.src_ip {

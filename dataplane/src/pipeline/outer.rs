@@ -1,11 +1,9 @@
 //! The outer headers: validating what arrives (Ethernet / IPv4 / UDP / Geneve and its
 //! options) and writing fresh ones in front of the inner frame for what leaves.
-
-use std::net::Ipv4Addr;
-
-use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, UdpPacket,
-};
+//!
+//! This is the hottest code of the gateway, so it reads fields at named offsets after
+//! one length check per layer instead of building a view per layer; the offsets are the
+//! `wire` modules' constants, whose golden tests pin them against scapy's bytes.
 
 use super::frame::Frame;
 use super::verdict::DropReason;
@@ -14,12 +12,29 @@ use crate::wire::contract::{
     GENEVE_PROTO_ETHERNET, GENEVE_UDP_PORT, OPTION_CRITICAL_BIT, OUTER_HEADERS_LEN, OUTER_TTL,
 };
 use crate::wire::geneve::{self, SluiceOption};
+use crate::wire::{checksum, ethernet, ipv4, udp};
 
-const ETHERNET_LEN: usize = 14;
-const IPV4_LEN: usize = 20;
-const UDP_LEN: usize = 8;
-/// What the outer headers may hold at most: the base headers and two options.
+/// What the outer headers hold at most: two options (HOST_HINT and SERVICE_ORIG).
 pub(crate) const MAX_OPTIONS: usize = 2;
+const IPV4_FLAGS_DF: u16 = ipv4::FLAG_DF;
+/// More-fragments flag and fragment offset: either set means a fragment.
+const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
+const IPPROTO_UDP: u8 = 17;
+const GENEVE_VERSION_SHIFT: u8 = 6;
+const GENEVE_OPT_LEN_MASK: u8 = 0x3f;
+const GENEVE_OAM_BIT: u8 = 0x80;
+const GENEVE_VNI_OFFSET: usize = 4;
+const GENEVE_PROTOCOL_OFFSET: usize = 2;
+
+#[inline(always)]
+fn be16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([bytes[at], bytes[at + 1]])
+}
+
+#[inline(always)]
+fn be32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
 
 /// What the pipeline needs from a validated outer header.
 #[derive(Clone, Copy, Debug)]
@@ -39,55 +54,77 @@ pub(crate) struct Outer {
 /// Validates the outer headers of a frame addressed to `local`.
 #[inline]
 pub(crate) fn parse(data: &[u8], local: &Local) -> Result<Outer, DropReason> {
-    let eth = EthernetFrame::new_checked(data).map_err(|_| DropReason::OuterEthernetTruncated)?;
-    if eth.ethertype() != EthernetProtocol::Ipv4 {
+    let Some(ip) = data.get(ethernet::HEADER_LEN..) else {
+        return Err(DropReason::OuterEthernetTruncated);
+    };
+    if be16(data, ethernet::ETHERTYPE_OFFSET) != ethernet::ETHERTYPE_IPV4 {
         return Err(DropReason::OuterNotIpv4);
     }
-    let src_mac = eth.src_addr().0;
-    let ip_bytes = &data[ETHERNET_LEN..];
-    let ip = Ipv4Packet::new_checked(ip_bytes).map_err(|_| DropReason::OuterIpv4Malformed)?;
-    if ip.version() != 4 {
+    if ip.len() < ipv4::MIN_HEADER_LEN || ip[ipv4::VER_IHL_OFFSET] >> 4 != ipv4::VERSION {
         return Err(DropReason::OuterIpv4Malformed);
     }
-    if !ip.verify_checksum() {
+    let ip_header_len = usize::from(ip[ipv4::VER_IHL_OFFSET] & 0x0f) * 4;
+    let ip_total_len = usize::from(be16(ip, ipv4::TOTAL_LEN_OFFSET));
+    if ip_header_len < ipv4::MIN_HEADER_LEN || ip_total_len < ip_header_len || ip_total_len > ip.len() {
+        return Err(DropReason::OuterIpv4Malformed);
+    }
+    // A header whose sum (checksum field included) is all ones is intact.
+    if checksum::data(&ip[..ip_header_len]) != 0xffff {
         return Err(DropReason::OuterIpv4Checksum);
     }
-    if ip.dst_addr() != local.ip {
+    if be32(ip, ipv4::DST_ADDR_OFFSET) != local.ip_bits() {
         return Err(DropReason::NotForUs);
     }
-    if ip.more_frags() || ip.frag_offset() != 0 {
+    if be16(ip, ipv4::FLAGS_FRAG_OFFSET) & IPV4_FRAGMENT_MASK != 0 {
         return Err(DropReason::OuterFragment);
     }
-    if ip.next_header() != IpProtocol::Udp {
+    if ip[ipv4::PROTOCOL_OFFSET] != IPPROTO_UDP {
         return Err(DropReason::OuterNotUdp);
     }
-    let ip_header_len = usize::from(ip.header_len());
-    let ip_payload = &ip_bytes[ip_header_len..usize::from(ip.total_len())];
-    let udp = UdpPacket::new_checked(ip_payload).map_err(|_| DropReason::OuterUdpMalformed)?;
-    if udp.dst_port() != GENEVE_UDP_PORT {
+    let udp_bytes = &ip[ip_header_len..ip_total_len];
+    if udp_bytes.len() < udp::HEADER_LEN {
+        return Err(DropReason::OuterUdpMalformed);
+    }
+    let udp_len = usize::from(be16(udp_bytes, udp::LENGTH_OFFSET));
+    if udp_len < udp::HEADER_LEN || udp_len > udp_bytes.len() {
+        return Err(DropReason::OuterUdpMalformed);
+    }
+    if be16(udp_bytes, udp::DST_PORT_OFFSET) != GENEVE_UDP_PORT {
         return Err(DropReason::NotGeneve);
     }
-    let geneve_bytes = &ip_payload[UDP_LEN..usize::from(udp.len())];
-    let header =
-        geneve::Header::new_checked(geneve_bytes).map_err(|_| DropReason::GeneveMalformed)?;
-    if header.oam() {
+    let gen = &udp_bytes[udp::HEADER_LEN..udp_len];
+    if gen.len() < geneve::HEADER_LEN || gen[0] >> GENEVE_VERSION_SHIFT != geneve::VERSION {
+        return Err(DropReason::GeneveMalformed);
+    }
+    let gen_header_len = geneve::HEADER_LEN + usize::from(gen[0] & GENEVE_OPT_LEN_MASK) * 4;
+    if gen_header_len > gen.len() {
+        return Err(DropReason::GeneveMalformed);
+    }
+    if gen[1] & GENEVE_OAM_BIT != 0 {
         return Err(DropReason::GeneveOam);
     }
-    if header.protocol() != GENEVE_PROTO_ETHERNET {
+    if be16(gen, GENEVE_PROTOCOL_OFFSET) != GENEVE_PROTO_ETHERNET {
         return Err(DropReason::GeneveNotEthernet);
     }
     let mut outer = Outer {
-        vni: header.vni(),
-        src_ip: u32::from(ip.src_addr()),
-        src_mac,
-        udp_src_port: udp.src_port(),
-        inner_off: ETHERNET_LEN + ip_header_len + UDP_LEN + header.header_len(),
-        inner_len: geneve_bytes.len() - header.header_len(),
+        vni: be32(gen, GENEVE_VNI_OFFSET) >> 8,
+        src_ip: be32(ip, ipv4::SRC_ADDR_OFFSET),
+        src_mac: [data[6], data[7], data[8], data[9], data[10], data[11]],
+        udp_src_port: be16(udp_bytes, udp::SRC_PORT_OFFSET),
+        inner_off: ethernet::HEADER_LEN + ip_header_len + udp::HEADER_LEN + gen_header_len,
+        inner_len: gen.len() - gen_header_len,
         host_hint: None,
         service_orig: None,
         stale: false,
     };
-    for raw in geneve::Options::new(header.options()) {
+    if gen_header_len > geneve::HEADER_LEN {
+        parse_options(&gen[geneve::HEADER_LEN..gen_header_len], &mut outer)?;
+    }
+    Ok(outer)
+}
+
+fn parse_options(area: &[u8], outer: &mut Outer) -> Result<(), DropReason> {
+    for raw in geneve::Options::new(area) {
         let raw = raw.map_err(|_| DropReason::GeneveMalformed)?;
         match SluiceOption::parse(&raw).map_err(|_| DropReason::BadOption)? {
             Some(opt @ SluiceOption::HostHint { .. }) => outer.host_hint = Some(opt),
@@ -100,7 +137,7 @@ pub(crate) fn parse(data: &[u8], local: &Local) -> Result<Outer, DropReason> {
             None => {}
         }
     }
-    Ok(outer)
+    Ok(())
 }
 
 /// Where a frame goes next on the underlay.
@@ -110,6 +147,12 @@ pub(crate) struct Encap {
     pub dst_mac: [u8; 6],
     pub vni: u32,
     pub udp_src_port: u16,
+}
+
+/// The ones'-complement sum of the outer IPv4 header's fields that never change for a
+/// given gateway address (version/IHL, DF, TTL/protocol, source address).
+pub(crate) const fn outer_ip_fixed_sum(local_ip: u32) -> u32 {
+    0x4500 + IPV4_FLAGS_DF as u32 + (((OUTER_TTL as u32) << 8) | IPPROTO_UDP as u32) + (local_ip >> 16) + (local_ip & 0xffff)
 }
 
 /// Writes fresh outer headers (and `options`) in front of the inner frame at
@@ -123,51 +166,53 @@ pub(crate) fn encap(
     to: &Encap,
     options: &[SluiceOption],
 ) -> Result<(), DropReason> {
-    let options_len: usize = options.iter().map(|o| o.wire_len()).sum();
+    let options_len: usize = options.iter().map(SluiceOption::wire_len).sum();
     let outer_len = OUTER_HEADERS_LEN + options_len;
-    let start = inner_start
-        .checked_sub(outer_len)
-        .ok_or(DropReason::NoHeadroom)?;
-    let ip_total = outer_len - ETHERNET_LEN + inner_len;
+    let start = inner_start.checked_sub(outer_len).ok_or(DropReason::NoHeadroom)?;
+    let ip_total = outer_len - ethernet::HEADER_LEN + inner_len;
     let ip_total = u16::try_from(ip_total).map_err(|_| DropReason::NoHeadroom)?;
     let out = &mut frame.buf_mut()[start..inner_start];
+    let (eth, rest) = out.split_at_mut(ethernet::HEADER_LEN);
+    let (ip, rest) = rest.split_at_mut(ipv4::MIN_HEADER_LEN);
+    let (udp_bytes, gen) = rest.split_at_mut(udp::HEADER_LEN);
 
-    let mut eth = EthernetFrame::new_unchecked(&mut out[..ETHERNET_LEN]);
-    eth.set_dst_addr(EthernetAddress(to.dst_mac));
-    eth.set_src_addr(EthernetAddress(local.mac.0));
-    eth.set_ethertype(EthernetProtocol::Ipv4);
+    eth[..6].copy_from_slice(&to.dst_mac);
+    eth[6..12].copy_from_slice(&local.mac.0);
+    eth[12..14].copy_from_slice(&ethernet::ETHERTYPE_IPV4.to_be_bytes());
 
-    let mut ip = Ipv4Packet::new_unchecked(&mut out[ETHERNET_LEN..ETHERNET_LEN + IPV4_LEN]);
-    ip.set_version(4);
-    ip.set_header_len(IPV4_LEN as u8);
-    ip.set_dscp(0);
-    ip.set_ecn(0);
-    ip.set_total_len(ip_total);
-    ip.set_ident(0);
-    ip.clear_flags();
-    ip.set_dont_frag(true);
-    ip.set_frag_offset(0);
-    ip.set_hop_limit(OUTER_TTL);
-    ip.set_next_header(IpProtocol::Udp);
-    ip.set_src_addr(local.ip);
-    ip.set_dst_addr(Ipv4Addr::from(to.dst_ip));
-    ip.fill_checksum();
+    let sum = local.outer_ip_sum + u32::from(ip_total) + (to.dst_ip >> 16) + (to.dst_ip & 0xffff);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let ip_checksum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    let total = ip_total.to_be_bytes();
+    let csum = ip_checksum.to_be_bytes();
+    let src = local.ip.octets();
+    let dst = to.dst_ip.to_be_bytes();
+    ip.copy_from_slice(&[
+        0x45, 0, total[0], total[1], 0, 0, 0x40, 0, OUTER_TTL, IPPROTO_UDP, csum[0], csum[1], src[0],
+        src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3],
+    ]);
 
-    let udp_off = ETHERNET_LEN + IPV4_LEN;
-    let mut udp = UdpPacket::new_unchecked(&mut out[udp_off..udp_off + UDP_LEN]);
-    udp.set_src_port(to.udp_src_port);
-    udp.set_dst_port(GENEVE_UDP_PORT);
-    udp.set_len(ip_total - IPV4_LEN as u16);
-    udp.set_checksum(0);
+    let sport = to.udp_src_port.to_be_bytes();
+    let dport = GENEVE_UDP_PORT.to_be_bytes();
+    let udp_len = (ip_total - ipv4::MIN_HEADER_LEN as u16).to_be_bytes();
+    udp_bytes.copy_from_slice(&[sport[0], sport[1], dport[0], dport[1], udp_len[0], udp_len[1], 0, 0]);
 
-    let repr = geneve::Repr {
-        oam: false,
-        critical: false,
-        protocol: GENEVE_PROTO_ETHERNET,
-        vni: to.vni,
-    };
-    repr.emit_with_options(&mut out[udp_off + UDP_LEN..], options)
-        .map_err(|_| DropReason::NoHeadroom)?;
+    let proto = GENEVE_PROTO_ETHERNET.to_be_bytes();
+    let vni = (to.vni << 8).to_be_bytes();
+    gen[..geneve::HEADER_LEN].copy_from_slice(&[
+        (options_len / 4) as u8,
+        0,
+        proto[0],
+        proto[1],
+        vni[0],
+        vni[1],
+        vni[2],
+        0,
+    ]);
+    let mut at = geneve::HEADER_LEN;
+    for option in options {
+        at += option.emit(&mut gen[at..]);
+    }
     frame.set_bounds(start, outer_len + inner_len);
     Ok(())
 }

@@ -178,10 +178,7 @@ fn unknown_endpoint_of_a_foreign_subnet_goes_to_a_divider() {
     );
 
     // At the divider (GW2): hand it to the bouncer of A3, keep the hint, no second TTL.
-    let divider = Local {
-        ip: GW2,
-        mac: GW2_MAC,
-    };
+    let divider = Local::new(GW2, GW2_MAC);
     let mut outer = OuterSpec::from_host(GW, GW_MAC, VNI_A);
     outer.dst_ip = GW2;
     outer.dst_mac = GW2_MAC;

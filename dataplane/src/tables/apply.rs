@@ -310,14 +310,13 @@ impl Tables {
                 let vni = vpc.vni.get();
                 self.host_refs(&vpc.dividers, 1);
                 let undo = match self.vpcs.get_mut(&vni) {
-                    Some(entry) => Op::UpsertVpc(std::mem::replace(&mut entry.vpc, vpc)),
+                    Some(entry) => Op::UpsertVpc(entry.set_vpc(vpc)),
                     None => {
                         self.vpcs.insert(vni, VpcEntry::new(vpc));
                         Op::DeleteVpc(vni)
                     }
                 };
                 if let Op::UpsertVpc(old) = &undo {
-                    let old = old.clone();
                     self.host_refs(&old.dividers, -1);
                 }
                 undo
@@ -334,18 +333,10 @@ impl Tables {
                 let cidr = subnet.cidr;
                 let key = keys::subnet(vni, cidr.prefix_len(), cidr.first());
                 self.host_refs(&subnet.bouncers, 1);
-                let router_ip = subnet.router_ip();
                 let old = match self.subnets.get_mut(&key) {
-                    Some(entry) => Some(std::mem::replace(&mut entry.subnet, subnet)),
+                    Some(entry) => Some(entry.set_subnet(subnet)),
                     None => {
-                        self.subnets.insert(
-                            key,
-                            SubnetEntry {
-                                subnet,
-                                router_ip,
-                                endpoints: 0,
-                            },
-                        );
+                        self.subnets.insert(key, SubnetEntry::new(subnet));
                         if let Some(vpc) = self.vpcs.get_mut(&vni) {
                             let len = cidr.prefix_len();
                             vpc.prefix_counts[len as usize] += 1;

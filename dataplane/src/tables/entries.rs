@@ -18,6 +18,10 @@ use super::maglev::{MaglevBackend, MaglevTable};
 #[derive(Clone, Debug)]
 pub struct VpcEntry {
     pub vpc: Arc<Vpc>,
+    /// Copies of hot fields of `vpc`, kept in step by [`VpcEntry::set_vpc`].
+    pub vni: u32,
+    pub service_net: u32,
+    pub service_mask: u32,
     /// Bit `n` set: some subnet of this VPC has prefix length `n`.
     pub(crate) prefix_lens: u64,
     /// How many subnets use each prefix length.
@@ -30,12 +34,29 @@ pub struct VpcEntry {
 impl VpcEntry {
     pub(crate) fn new(vpc: Arc<Vpc>) -> Self {
         Self {
+            vni: vpc.vni.get(),
+            service_net: vpc.service_cidr.first(),
+            service_mask: vpc.service_cidr.mask(),
             vpc,
             prefix_lens: 0,
             prefix_counts: [0; 33],
             subnets: BTreeSet::new(),
             services: 0,
         }
+    }
+
+    /// Replaces the VPC's definition, keeping its derived state; returns the old one.
+    pub(crate) fn set_vpc(&mut self, vpc: Arc<Vpc>) -> Arc<Vpc> {
+        self.vni = vpc.vni.get();
+        self.service_net = vpc.service_cidr.first();
+        self.service_mask = vpc.service_cidr.mask();
+        std::mem::replace(&mut self.vpc, vpc)
+    }
+
+    /// Whether `ip` is in the VPC's service CIDR.
+    #[inline]
+    pub fn is_service_ip(&self, ip: u32) -> bool {
+        ip & self.service_mask == self.service_net
     }
 
     pub fn subnet_count(&self) -> usize {
@@ -51,11 +72,38 @@ impl VpcEntry {
 #[derive(Clone, Debug)]
 pub struct SubnetEntry {
     pub subnet: Arc<Subnet>,
+    /// Copies of hot fields of `subnet`, kept in step by [`SubnetEntry::set_subnet`].
     pub router_ip: Ipv4Addr,
+    pub router_mac: [u8; 6],
+    pub net: u32,
+    pub mask: u32,
     pub(crate) endpoints: u32,
 }
 
 impl SubnetEntry {
+    pub(crate) fn new(subnet: Arc<Subnet>) -> Self {
+        Self {
+            router_ip: subnet.router_ip(),
+            router_mac: subnet.router_mac.0,
+            net: subnet.cidr.first(),
+            mask: subnet.cidr.mask(),
+            subnet,
+            endpoints: 0,
+        }
+    }
+
+    /// Replaces the subnet's definition (same CIDR), keeping its endpoint count.
+    pub(crate) fn set_subnet(&mut self, subnet: Arc<Subnet>) -> Arc<Subnet> {
+        self.router_ip = subnet.router_ip();
+        self.router_mac = subnet.router_mac.0;
+        std::mem::replace(&mut self.subnet, subnet)
+    }
+
+    #[inline]
+    pub fn contains(&self, ip: u32) -> bool {
+        ip & self.mask == self.net
+    }
+
     pub fn endpoint_count(&self) -> u32 {
         self.endpoints
     }
@@ -138,7 +186,7 @@ impl Tables {
     /// overlap, so the first hit is the only one).
     #[inline]
     pub fn subnet_for(&self, vpc: &VpcEntry, ip: u32) -> Option<&SubnetEntry> {
-        let vni = vpc.vpc.vni.get();
+        let vni = vpc.vni;
         let mut lens = vpc.prefix_lens;
         while lens != 0 {
             let len = 63 - lens.leading_zeros() as u8;

@@ -31,7 +31,7 @@ pub const TABLE_SIZE_LADDER: [usize; 16] = [
 ];
 
 /// Most backends one table can hold. Entries are `u16` backend indexes and `u16::MAX`
-/// marks a free slot while the table is being filled, so indexes run 0..=65_534.
+/// marks a free slot while the table is being filled, so indexes run `0..=65_534`.
 pub const MAX_BACKENDS: usize = u16::MAX as usize;
 
 /// Marks a slot not yet claimed during population; never present in a built table.
@@ -69,20 +69,30 @@ pub enum MaglevError {
     TooManyBackends(usize),
 }
 
+/// Smallest table any service gets (Cilium's default size): with few backends, a large
+/// table is what keeps disruption low.
+pub const MIN_TABLE_SIZE: usize = 16_381;
+
+/// Entries per backend at least. Plain Maglev at 100 entries per backend moves 1.3 to
+/// 2.5 % of flows needlessly when a backend leaves; at 400 it is 0.6 to 1.1 %.
+pub const ENTRIES_PER_BACKEND: usize = 400;
+
 /// Table size for a service with `backends` backends (drained ones included): the
-/// smallest rung of [`TABLE_SIZE_LADDER`] that is at least `100 * backends`.
+/// smallest rung of [`TABLE_SIZE_LADDER`] that is at least [`MIN_TABLE_SIZE`] and at
+/// least [`ENTRIES_PER_BACKEND`] per backend (so always at least 100 per backend).
 ///
 /// It is a pure function of the count, not of any history, so two gateways that reached
 /// the same backend list by different sequences of updates still build the same table.
-/// It comes from a ladder, rather than being "the next prime above 100 N", so that adding
-/// or removing a backend usually leaves M unchanged; only then does Maglev's minimal
-/// disruption hold, because a new M reshuffles almost every entry. The factor 100 keeps
-/// each backend's share within about 1/(100 N) of its weighted share.
+/// It comes from a ladder, rather than being "the next prime above k N", so that adding
+/// or removing a backend usually leaves M unchanged; only then does Maglev keep
+/// disruption small, because a new M reshuffles almost every entry.
 ///
 /// Drained backends count, so draining and undraining never change M. A count beyond the
 /// ladder (impossible for a valid table, see [`MAX_BACKENDS`]) gets the top rung.
+/// Memory: 2 bytes an entry, so 32 KiB for a service of up to 40 backends and 128 KiB
+/// for one of 100.
 pub fn table_size_for(backends: usize) -> usize {
-    let wanted = backends.saturating_mul(100);
+    let wanted = backends.saturating_mul(ENTRIES_PER_BACKEND).max(MIN_TABLE_SIZE);
     TABLE_SIZE_LADDER
         .iter()
         .copied()
@@ -135,17 +145,117 @@ struct Claimant {
     /// Next slot of the permutation to try: `(offset + j * skip) % size` for the next j.
     next: usize,
     skip: usize,
+    /// Credit not yet spent on a claim (round by round fill).
+    credit: u64,
+    /// Slots claimed so far (calendar fill).
     claimed: u64,
 }
 
 impl Claimant {
-    /// First round in which this backend makes claim number `claimed + 1` (see `new`).
+    /// Takes the next free slot of this backend's permutation. There must be one: a full
+    /// permutation reaches every slot within `entries.len()` steps.
+    #[inline]
+    fn claim(&mut self, entries: &mut [u16]) {
+        let size = entries.len();
+        let (mut next, skip) = (self.next, self.skip);
+        for _ in 0..size {
+            let slot = next;
+            next += skip;
+            if next >= size {
+                next -= size;
+            }
+            if entries[slot] == FREE {
+                entries[slot] = self.index;
+                break;
+            }
+        }
+        self.next = next;
+    }
+
+    /// The round in which this backend makes claim number `claimed + 1`: the smallest r
+    /// with `r * weight / max_weight >= claimed + 1`. At most about 2^23 * 2^32 = 2^55.
     fn due_round(&self, max_weight: u64) -> u64 {
-        // Smallest r with r * weight / max_weight >= claimed + 1. At most about
-        // 2^23 * 2^32 = 2^55, no overflow.
         ((self.claimed + 1) * max_weight).div_ceil(self.weight)
     }
 }
+
+/// The backends that take part in the fill (weight > 0), sorted by identity: the order in
+/// which they claim within a round, whatever order the caller gave.
+fn claimants_in_rank_order(backends: &[MaglevBackend], size: usize) -> Vec<Claimant> {
+    let mut order: Vec<usize> = (0..backends.len()).collect();
+    // The caller's index only breaks ties between identical backends.
+    order.sort_unstable_by_key(|&i| {
+        let b = &backends[i];
+        (u32::from(b.ip), b.port, b.weight, i)
+    });
+    order
+        .into_iter()
+        .filter(|&i| backends[i].weight > 0)
+        .map(|i| {
+            let b = &backends[i];
+            let key = identity_key(b.ip, b.port);
+            Claimant {
+                // Fits: the caller checked backends.len() <= MAX_BACKENDS.
+                index: i as u16,
+                weight: u64::from(b.weight),
+                next: permutation_offset(key, size),
+                skip: permutation_skip(key, size),
+                credit: 0,
+                claimed: 0,
+            }
+        })
+        .collect()
+}
+
+/// Fills `entries` by the weighted rule of [`MaglevTable::new`], walking every round.
+/// Costs about `entries.len() * max_weight / mean_weight` claimant visits.
+fn fill_by_rounds(claimants: &mut [Claimant], entries: &mut [u16], max_weight: u64) {
+    let size = entries.len();
+    let mut filled = 0;
+    // The heaviest claimant claims in every round, so `size` rounds fill the table.
+    for _round in 0..size {
+        for c in claimants.iter_mut() {
+            c.credit += c.weight;
+            // credit < max_weight before the addition and weight <= max_weight, so at
+            // most one claim per round.
+            if c.credit >= max_weight {
+                c.credit -= max_weight;
+                c.claim(entries);
+                filled += 1;
+                if filled == size {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Same result as [`fill_by_rounds`], but jumps from claim to claim in (round, rank)
+/// order with a heap: O(size log N) whatever the weights, where walking rounds would
+/// spend most of its time on rounds in which almost nobody claims.
+fn fill_by_calendar(claimants: &mut [Claimant], entries: &mut [u16], max_weight: u64) {
+    let mut due: BinaryHeap<Reverse<(u64, usize)>> = claimants
+        .iter()
+        .enumerate()
+        .map(|(rank, c)| Reverse((c.due_round(max_weight), rank)))
+        .collect();
+    // Each pass claims one slot.
+    for _ in 0..entries.len() {
+        // Never empty: every claimant popped is pushed back, and there is at least one.
+        let Some(Reverse((_, rank))) = due.pop() else {
+            break;
+        };
+        let c = &mut claimants[rank];
+        c.claim(entries);
+        c.claimed += 1;
+        due.push(Reverse((c.due_round(max_weight), rank)));
+    }
+}
+
+/// Walking rounds visits `max_weight / mean_weight` claimants per claim (about 0.6 ns
+/// each), the heap costs about 30 ns per claim: measured with 100 backends, the two meet
+/// near a skew of 50.
+const ROUNDS_MAX_SKEW: u64 = 32;
 
 /// A Maglev lookup table: `len()` entries, each an index into the backend slice it was
 /// built from.
@@ -164,13 +274,23 @@ impl MaglevTable {
     /// Identities should be unique (two backends with the same ip and port share one
     /// permutation); duplicates are still handled deterministically.
     ///
-    /// Weights: fill proceeds in rounds; in each round every backend, in (ip, port)
-    /// order, adds its weight to a credit and, whenever the credit reaches the largest
-    /// weight, spends it to claim the next free slot of its permutation. Each backend's
-    /// share of slots is thus its weight share to within about one slot. A backend claims
-    /// at most once per round, so rather than walking rounds one by one (with very uneven
-    /// weights most rounds claim almost nothing), a heap orders the claims by (round,
-    /// rank): the same result in O(M log N) plus the classic Maglev scan for free slots.
+    /// Weights: the table fills in rounds; in each round every backend, in (ip, port)
+    /// order, adds its weight to a credit and, once the credit reaches the largest
+    /// weight, spends that much to claim the next free slot of its permutation. With equal
+    /// weights this is classic Maglev. Each backend's share of slots is its weight share
+    /// to within a couple of slots (the last round is partial, and the credit each backend
+    /// carries over makes the rounds run slightly long), that is within 2 / (100 N) of the
+    /// table. With very uneven weights most rounds claim almost nothing, so the same
+    /// claims are then replayed in (round, rank) order from a heap instead of round by
+    /// round; both give the same table.
+    ///
+    /// Cost (release build, one core): about 0.3 ms for 100 backends (M = 16381), about
+    /// 1 s for 65535 (M = 8388593, mostly cache misses).
+    ///
+    /// # Errors
+    ///
+    /// [`MaglevError::NoBackends`] for an empty list, [`MaglevError::TooManyBackends`]
+    /// beyond [`MAX_BACKENDS`], [`MaglevError::ZeroWeight`] when every weight is 0.
     pub fn new(backends: &[MaglevBackend]) -> Result<Self, MaglevError> {
         if backends.is_empty() {
             return Err(MaglevError::NoBackends);
@@ -188,57 +308,13 @@ impl MaglevTable {
         }
 
         let size = table_size_for(backends.len());
-        let mut order: Vec<usize> = (0..backends.len()).collect();
-        // The caller's index only breaks ties between identical backends.
-        order.sort_unstable_by_key(|&i| {
-            let b = &backends[i];
-            (u32::from(b.ip), b.port, b.weight, i)
-        });
-        let mut claimants: Vec<Claimant> = order
-            .iter()
-            .filter(|&&i| backends[i].weight > 0)
-            .map(|&i| {
-                let b = &backends[i];
-                let key = identity_key(b.ip, b.port);
-                Claimant {
-                    // Fits: i < backends.len() <= MAX_BACKENDS.
-                    index: i as u16,
-                    weight: u64::from(b.weight),
-                    next: permutation_offset(key, size),
-                    skip: permutation_skip(key, size),
-                    claimed: 0,
-                }
-            })
-            .collect();
-
-        let mut due: BinaryHeap<Reverse<(u64, usize)>> = claimants
-            .iter()
-            .enumerate()
-            .map(|(rank, c)| Reverse((c.due_round(max_weight), rank)))
-            .collect();
+        let mut claimants = claimants_in_rank_order(backends, size);
         let mut entries = vec![FREE; size].into_boxed_slice();
-        // Each pass fills exactly one slot, so this fills the table and stops.
-        for _ in 0..size {
-            // Never empty: every claimant popped is pushed back, and there is at least one.
-            let Some(Reverse((_, rank))) = due.pop() else {
-                break;
-            };
-            let c = &mut claimants[rank];
-            // A full permutation reaches every slot within `size` steps, and a slot is
-            // still free, so this finds one.
-            for _ in 0..size {
-                let slot = c.next;
-                c.next += c.skip;
-                if c.next >= size {
-                    c.next -= size;
-                }
-                if entries[slot] == FREE {
-                    entries[slot] = c.index;
-                    break;
-                }
-            }
-            c.claimed += 1;
-            due.push(Reverse((c.due_round(max_weight), rank)));
+        let total_weight: u64 = claimants.iter().map(|c| c.weight).sum();
+        if max_weight * claimants.len() as u64 <= ROUNDS_MAX_SKEW * total_weight {
+            fill_by_rounds(&mut claimants, &mut entries, max_weight);
+        } else {
+            fill_by_calendar(&mut claimants, &mut entries, max_weight);
         }
         debug_assert!(!entries.contains(&FREE));
 
@@ -248,11 +324,13 @@ impl MaglevTable {
         })
     }
 
-    /// Backend index for a flow hashed with [`flow_hash`]. Per packet: one modulo and one
-    /// load.
+    /// Backend index for a flow hashed with [`flow_hash`]. Per packet: a multiply and a
+    /// shift map the hash's high 32 bits onto `0..M` (Lemire's range reduction; a modulo
+    /// would cost a 64-bit division), then one load. Part of the cross-gateway contract.
     #[inline]
     pub fn lookup(&self, flow_hash: u64) -> u16 {
-        self.entries[(flow_hash % self.entries.len() as u64) as usize]
+        let slot = ((flow_hash >> 32) * self.entries.len() as u64) >> 32;
+        self.entries[slot as usize]
     }
 
     /// Number of entries, M (a rung of [`TABLE_SIZE_LADDER`]).
@@ -260,7 +338,7 @@ impl MaglevTable {
         self.entries.len()
     }
 
-    /// Always false: a table is only built with at least one entry per ladder rung.
+    /// Always false: every table has a ladder rung's worth of entries.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -377,8 +455,8 @@ mod tests {
         (changed.len() as f64 / m, unforced as f64 / m)
     }
 
-    /// The fill rule as the doc states it, walking every round: the heap in `new` must
-    /// give exactly this table.
+    /// The fill rule as `MaglevTable::new` states it, written as plainly as possible: both
+    /// fills must give exactly this table.
     fn reference_table(list: &[MaglevBackend]) -> Vec<u16> {
         let size = table_size_for(list.len());
         let max_weight = list.iter().map(|b| u64::from(b.weight)).max().unwrap();
@@ -419,17 +497,16 @@ mod tests {
     }
 
     #[test]
-    fn table_size_is_a_ladder_rung_of_at_least_100_per_backend() {
+    fn table_size_is_a_ladder_rung_of_at_least_400_per_backend() {
         for (i, &rung) in TABLE_SIZE_LADDER.iter().enumerate() {
             assert!(is_prime(rung), "{rung} is not prime");
-            if i > 0 {
-                let prev = TABLE_SIZE_LADDER[i - 1];
-                assert!(rung > prev && rung <= 2 * prev + 16, "{prev} -> {rung}");
-            }
+            // The largest prime below 2^(8 + i).
+            let power = 1usize << (8 + i);
+            assert!(rung < power && !(rung + 1..power).any(is_prime), "{rung}");
         }
         for n in 1..=10_000 {
             let m = table_size_for(n);
-            assert!(m >= 100 * n, "n={n} m={m}");
+            assert!(m >= 400 * n && m >= MIN_TABLE_SIZE, "n={n} m={m}");
             assert!(TABLE_SIZE_LADDER.contains(&m), "n={n} m={m}");
         }
         assert!(table_size_for(MAX_BACKENDS) >= 100 * MAX_BACKENDS);
@@ -451,9 +528,26 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "builds an 8388593-entry table: about a second in release, far longer in debug"]
+    fn the_largest_table_fits_every_index() {
+        let list: Vec<_> = (0..MAX_BACKENDS as u32)
+            .map(|i| backend(i, 80, 1))
+            .collect();
+        let table = MaglevTable::new(&list).unwrap();
+        assert_eq!(table.len(), TABLE_SIZE_LADDER[TABLE_SIZE_LADDER.len() - 1]);
+        let counts = entry_counts(&table);
+        // Index 65534, the last one, is distinct from the free-slot marker.
+        let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        assert!(
+            *min == 128 && *max == 129,
+            "{min}..={max} entries per backend"
+        );
+    }
+
+    #[test]
     fn single_backend_owns_everything() {
         let table = MaglevTable::new(&[backend(0x0a00_0001, 8080, 7)]).unwrap();
-        assert_eq!(table.len(), 251);
+        assert_eq!(table.len(), MIN_TABLE_SIZE);
         assert!(table.entries().iter().all(|&e| e == 0));
         assert_eq!(table.lookup(u64::MAX), 0);
     }
@@ -468,7 +562,7 @@ mod tests {
             backend(0x0a00_0003, 8080, 2),
         ];
         let table = MaglevTable::new(&list).unwrap();
-        assert_eq!(table.len(), 509);
+        assert_eq!(table.len(), 16_381);
         assert_eq!(table.entries()[..16], GOLDEN_ENTRIES);
         assert_eq!(entry_counts(&table), GOLDEN_COUNTS);
         let h = flow_hash(
@@ -482,21 +576,23 @@ mod tests {
         assert_eq!(table.lookup(h), GOLDEN_FLOW_BACKEND);
     }
 
-    const GOLDEN_ENTRIES: [u16; 16] = [0; 16];
-    const GOLDEN_COUNTS: [usize; 3] = [0; 3];
-    const GOLDEN_FLOW_HASH: u64 = 0;
-    const GOLDEN_FLOW_BACKEND: u16 = 0;
+    const GOLDEN_ENTRIES: [u16; 16] = [2, 2, 2, 2, 1, 2, 2, 1, 1, 0, 0, 2, 1, 2, 2, 2];
+    // 4095/16381 = 24.999 %, 8191/16381 = 50.003 %.
+    const GOLDEN_COUNTS: [usize; 3] = [4095, 4095, 8191];
+    // Also checked against a separate Python transcription of `flow_hash`.
+    const GOLDEN_FLOW_HASH: u64 = 0xd46e_7049_83f3_9387;
+    const GOLDEN_FLOW_BACKEND: u16 = 2;
 
     #[test]
     fn crossing_a_ladder_rung_reshuffles_the_table() {
-        // 41 backends need M = 8191, 40 fit in 4093: removing one changes M, and since
+        // 41 backends need M = 32749, 40 fit in 16381: removing one changes M, and since
         // every slot index now means something else, most flows move. This is the price
-        // of keeping M a pure function of the count; within a rung disruption is minimal
+        // of keeping M a pure function of the count; within a rung disruption is small
         // (see `removing_or_adding_one_backend_moves_few_entries`).
         let list: Vec<_> = (0..41).map(|i| backend(0x0a00_0000 + i, 80, 1)).collect();
         let before = MaglevTable::new(&list).unwrap();
         let after = MaglevTable::new(&list[..40]).unwrap();
-        assert_eq!((before.len(), after.len()), (8191, 4093));
+        assert_eq!((before.len(), after.len()), (32_749, 16_381));
         let mut rng = SplitMix(7);
         let flows = 100_000;
         let moved = (0..flows)
@@ -515,17 +611,42 @@ mod tests {
         fn entry_shares_match_weights(list in backends(1..=64, 1..=100)) {
             let table = MaglevTable::new(&list).unwrap();
             let m = table.len() as f64;
-            for (i, (count, share)) in entry_counts(&table).iter().zip(weight_shares(&list)).enumerate() {
+            let counts = entry_counts(&table);
+            for (i, (count, share)) in counts.iter().zip(weight_shares(&list)).enumerate() {
                 let got = *count as f64 / m;
                 prop_assert!((got - share).abs() <= 0.01, "backend {i}: {got} vs {share}");
             }
         }
 
         #[test]
-        fn heap_fill_equals_round_by_round_fill(list in backends(1..=20, 0..=50)) {
+        fn both_fills_follow_the_round_by_round_rule(
+            list in backends(1..=24, 0..=50).prop_flat_map(|l| {
+                let n = l.len();
+                // Some very heavy backends, so that the heap path is taken too.
+                let heavy = prop_oneof![Just(u32::MAX), 1_000..=100_000u32].prop_map(Some);
+                let heavy = prop::collection::vec(prop_oneof![3 => Just(None), 1 => heavy], n);
+                (Just(l), heavy)
+            }).prop_map(|(mut l, heavy)| {
+                for (b, h) in l.iter_mut().zip(heavy) {
+                    if let Some(w) = h {
+                        b.weight = w;
+                    }
+                }
+                l
+            })
+        ) {
             prop_assume!(list.iter().any(|b| b.weight > 0));
+            let reference = reference_table(&list);
+            let size = reference.len();
+            let max_weight = list.iter().map(|b| u64::from(b.weight)).max().unwrap();
+            for fill in [fill_by_rounds, fill_by_calendar] {
+                let mut claimants = claimants_in_rank_order(&list, size);
+                let mut entries = vec![FREE; size];
+                fill(&mut claimants, &mut entries, max_weight);
+                prop_assert_eq!(&entries, &reference);
+            }
             let table = MaglevTable::new(&list).unwrap();
-            prop_assert_eq!(table.entries(), &reference_table(&list)[..]);
+            prop_assert_eq!(table.entries(), &reference[..]);
         }
 
         #[test]
@@ -556,7 +677,8 @@ mod tests {
             let table = MaglevTable::new(&list).unwrap();
             prop_assert_eq!(table.backend_count(), list.len());
             let m = table.len() as f64;
-            for (i, (count, share)) in entry_counts(&table).iter().zip(weight_shares(&list)).enumerate() {
+            let counts = entry_counts(&table);
+            for (i, (count, share)) in counts.iter().zip(weight_shares(&list)).enumerate() {
                 if list[i].weight == 0 {
                     prop_assert_eq!(*count, 0, "drained backend {} owns entries", i);
                 }
@@ -593,7 +715,26 @@ mod tests {
         }
     }
 
+    // Disruption. Maglev does not guarantee minimal disruption: when a backend leaves,
+    // the others claim its slots earlier in their permutations, and every such claim can
+    // push another backend off a slot it used to own. Measured with equal weights at
+    // M = 100-200 N (10^5 removals, N = 4..=100, rung unchanged), the entries moved beyond
+    // the removed backend's own are typically 1.2 % (N near 100) to 2.5 % (N = 10..40) of
+    // the table, 99th percentile up to 6 % for N <= 10, worst seen 1/N + 2.7 %; the worst
+    // cases are pairs of backends that drew the same `skip`, whose permutations are
+    // shifted copies and contend slot by slot. Hence the bounds below: a per-change bound
+    // loose enough for those tails, and a tighter one on the average over every removal.
+    // Adding backend X to a list is removing X from the list with X, seen from the other
+    // side, so the same pairs of tables measure both.
+
+    /// Bound on entries moved beyond the forced ones, for any single change.
+    fn unforced_limit(n: usize) -> f64 {
+        1.0 / n as f64 + 0.05
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
         #[test]
         fn removing_or_adding_one_backend_moves_few_entries(
             (list, pick) in backends(2..=100, 1..=1).prop_flat_map(|l| {
@@ -609,17 +750,54 @@ mod tests {
             let mut smaller = list.clone();
             let gone = smaller.remove(pick);
             let reduced = MaglevTable::new(&smaller).unwrap();
-            let limit = 1.0 / n as f64 + 0.01;
+            let id = (gone.ip, gone.port);
 
-            // Removal: the removed backend's entries move, and little else.
-            let (total, unforced) = disruption(&full, &list, &reduced, &smaller, (gone.ip, gone.port));
-            prop_assert!(unforced <= 0.01, "remove: {unforced} of entries moved needlessly");
-            prop_assert!(total <= limit, "remove: {total} of entries moved, limit {limit}");
+            let (total, unforced) = disruption(&full, &list, &reduced, &smaller, id);
+            let (limit, total_limit) = (unforced_limit(n), 1.0 / n as f64 + unforced_limit(n));
+            prop_assert!(unforced <= limit, "remove: {} moved needlessly", unforced);
+            prop_assert!(total <= total_limit, "remove: {} moved", total);
 
-            // Addition: the new backend takes its share, and little else moves.
-            let (total, unforced) = disruption(&reduced, &smaller, &full, &list, (gone.ip, gone.port));
-            prop_assert!(unforced <= 0.01, "add: {unforced} of entries moved needlessly");
-            prop_assert!(total <= limit, "add: {total} of entries moved, limit {limit}");
+            let (total, unforced) = disruption(&reduced, &smaller, &full, &list, id);
+            prop_assert!(unforced <= limit, "add: {} moved needlessly", unforced);
+            prop_assert!(total <= total_limit, "add: {} moved", total);
+        }
+    }
+
+    #[test]
+    fn removing_one_backend_moves_few_entries_on_average() {
+        // Fixed lists, every backend removed in turn: the average is what Maglev is good
+        // at, and a change to the fill or the hashes that made it worse would show here.
+        let mut rng = SplitMix(0x6d61_676c_6576);
+        for n in [4, 10, 25, 50, 100] {
+            assert_eq!(table_size_for(n), table_size_for(n - 1));
+            let list: Vec<_> = (0..n)
+                .map(|_| {
+                    let r = rng.next_u64();
+                    backend(r as u32, (r >> 32) as u16, 1)
+                })
+                .collect();
+            let full = MaglevTable::new(&list).unwrap();
+            let (mut total_sum, mut unforced_sum) = (0.0, 0.0);
+            for pick in 0..n {
+                let mut smaller = list.clone();
+                let gone = smaller.remove(pick);
+                let reduced = MaglevTable::new(&smaller).unwrap();
+                let (total, unforced) =
+                    disruption(&full, &list, &reduced, &smaller, (gone.ip, gone.port));
+                total_sum += total;
+                unforced_sum += unforced;
+            }
+            let (total, unforced) = (total_sum / n as f64, unforced_sum / n as f64);
+            eprintln!("n={n}: on average {total:.4} of entries move, {unforced:.4} needlessly");
+            // The bound: removing one of N moves at most 1/N + 1 % of flows.
+            assert!(
+                unforced <= 0.01,
+                "n={n}: {unforced} moved needlessly on average"
+            );
+            assert!(
+                total <= 1.0 / n as f64 + 0.01,
+                "n={n}: {total} moved on average"
+            );
         }
     }
 }

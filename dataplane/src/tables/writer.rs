@@ -263,3 +263,328 @@ fn duplicate(key: ObjectKey) -> Rejected {
         reason: "appears more than once in the transaction".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    use proptest::prelude::*;
+    use sluice_api::{Backend, Endpoint, Host, MacAddr, Protocol, Service, Subnet, Vni, Vpc};
+
+    use super::*;
+    use crate::testkit::*;
+
+    fn objects(tables: &Tables) -> BTreeMap<ObjectKey, Object> {
+        tables.objects().map(|o| (o.key(), o)).collect()
+    }
+
+    fn upsert(objects: Vec<Object>) -> Transaction {
+        Transaction { upserts: objects, deletes: vec![] }
+    }
+
+    fn delete(keys: Vec<ObjectKey>) -> Transaction {
+        Transaction { upserts: vec![], deletes: keys }
+    }
+
+    fn subnet(vni_value: u32, cidr: &str, bouncer: Ipv4Addr) -> Object {
+        Object::Subnet(Subnet {
+            vni: vni(vni_value),
+            cidr: cidr.parse().unwrap(),
+            router_mac: MacAddr([2, 0xcc, 0, 0, 0, 1]),
+            bouncers: vec![bouncer],
+        })
+    }
+
+    fn endpoint(vni_value: u32, ip: [u8; 4], host: Ipv4Addr) -> Object {
+        Object::Endpoint(Endpoint {
+            vni: vni(vni_value),
+            ip: Ipv4Addr::from(ip),
+            mac: MacAddr([2, 0xdd, ip[0], ip[1], ip[2], ip[3]]),
+            host,
+        })
+    }
+
+    fn service(vip: [u8; 4], backends: Vec<Backend>) -> Object {
+        Object::Service(Service {
+            vni: vni(VNI_A),
+            vip: Ipv4Addr::from(vip),
+            port: 443,
+            protocol: Protocol::Tcp,
+            backends,
+        })
+    }
+
+    fn good_endpoint() -> Object {
+        endpoint(VNI_A, [10, 0, 2, 50], H1)
+    }
+
+    #[test]
+    fn bad_transactions_are_rejected_whole_naming_item_and_field() {
+        use RejectKind::*;
+        let subnet_key = |cidr: &str| ObjectKey::Subnet { vni: vni(VNI_A), cidr: cidr.parse().unwrap() };
+        let cases: Vec<(&str, Transaction, RejectKind, &str)> = vec![
+            ("prefix too long for a subnet", upsert(vec![good_endpoint(), subnet(VNI_A, "10.0.9.0/31", GW)]), InvalidArgument, "cidr"),
+            ("subnet outside its VPC", upsert(vec![good_endpoint(), subnet(VNI_A, "10.1.0.0/24", GW)]), InvalidArgument, "cidr"),
+            ("subnet inside another", upsert(vec![good_endpoint(), subnet(VNI_A, "10.0.1.128/25", GW)]), InvalidArgument, "cidr"),
+            ("subnet around another", upsert(vec![good_endpoint(), subnet(VNI_A, "10.0.0.0/20", GW)]), InvalidArgument, "cidr"),
+            ("subnet of an unknown VNI", upsert(vec![good_endpoint(), subnet(999, "10.0.1.0/24", GW)]), InvalidArgument, "vni"),
+            ("bouncer not a known host", upsert(vec![good_endpoint(), subnet(VNI_A, "10.0.9.0/24", Ipv4Addr::new(198, 18, 9, 9))]), InvalidArgument, "bouncers[0]"),
+            ("endpoint outside every subnet", upsert(vec![good_endpoint(), endpoint(VNI_A, [10, 0, 200, 1], H1)]), InvalidArgument, "ip"),
+            ("endpoint on the router address", upsert(vec![good_endpoint(), endpoint(VNI_A, [10, 0, 1, 1], H1)]), InvalidArgument, "ip"),
+            ("endpoint on the broadcast address", upsert(vec![good_endpoint(), endpoint(VNI_A, [10, 0, 1, 255], H1)]), InvalidArgument, "ip"),
+            ("endpoint on an unknown host", upsert(vec![good_endpoint(), endpoint(VNI_A, [10, 0, 1, 60], Ipv4Addr::new(198, 18, 9, 9))]), InvalidArgument, "host"),
+            ("endpoint of an unknown VNI", upsert(vec![good_endpoint(), endpoint(777, [10, 0, 1, 60], H1)]), InvalidArgument, "vni"),
+            (
+                "duplicate VIP in one transaction",
+                upsert(vec![good_endpoint(), service([10, 96, 1, 1], vec![]), service([10, 96, 1, 1], vec![])]),
+                InvalidArgument,
+                "key",
+            ),
+            ("VIP outside the service CIDR", upsert(vec![good_endpoint(), service([10, 0, 1, 200], vec![])]), InvalidArgument, "vip"),
+            (
+                "backend outside the VPC",
+                upsert(vec![good_endpoint(), service([10, 96, 1, 1], vec![Backend { ip: Ipv4Addr::new(10, 9, 0, 1), port: 1, weight: 1 }])]),
+                InvalidArgument,
+                "backends[0].ip",
+            ),
+            (
+                "backend weight over the limit",
+                upsert(vec![good_endpoint(), service([10, 96, 1, 1], vec![Backend { ip: POD_A1, port: 1, weight: 1_000_000 }])]),
+                InvalidArgument,
+                "backends[0].weight",
+            ),
+            (
+                "divider not a known host",
+                upsert(vec![good_endpoint(), Object::Vpc(Vpc {
+                    vni: vni(300),
+                    cidr: "10.0.0.0/16".parse().unwrap(),
+                    service_cidr: "10.96.0.0/12".parse().unwrap(),
+                    dividers: vec![Ipv4Addr::new(198, 18, 9, 9)],
+                })]),
+                InvalidArgument,
+                "dividers[0]",
+            ),
+            (
+                "VPC cidr changed under its subnets",
+                upsert(vec![good_endpoint(), Object::Vpc(Vpc {
+                    vni: vni(VNI_A),
+                    cidr: "10.0.0.0/8".parse().unwrap(),
+                    service_cidr: "192.168.0.0/16".parse().unwrap(),
+                    dividers: vec![GW2],
+                })]),
+                FailedPrecondition,
+                "cidr",
+            ),
+            ("subnet deleted with endpoints", Transaction { upserts: vec![good_endpoint()], deletes: vec![subnet_key("10.0.1.0/24")] }, FailedPrecondition, "cidr"),
+            ("VPC deleted with subnets", Transaction { upserts: vec![good_endpoint()], deletes: vec![ObjectKey::Vpc { vni: vni(VNI_B) }] }, FailedPrecondition, "vni"),
+            ("host deleted while in use", Transaction { upserts: vec![good_endpoint()], deletes: vec![ObjectKey::Host { ip: H3 }] }, FailedPrecondition, "ip"),
+            (
+                "the same key upserted and deleted",
+                Transaction { upserts: vec![good_endpoint()], deletes: vec![good_endpoint().key()] },
+                InvalidArgument,
+                "key",
+            ),
+        ];
+        for (what, txn, kind, field) in cases {
+            let mut writer = world_tables();
+            let mut reader = writer.reader();
+            let before = objects(reader.load());
+            let generation = writer.generation();
+            let err = writer.apply(&txn).expect_err(what);
+            assert_eq!((err.kind, err.field.as_str()), (kind, field), "{what}: {err}");
+            assert_eq!(writer.generation(), generation, "{what}: nothing published");
+            assert_eq!(objects(reader.load()), before, "{what}: nothing applied");
+            // The spare copy was rolled back too: the next good transaction sees no trace.
+            writer.apply(&upsert(vec![good_endpoint()])).unwrap();
+            let mut want = before.clone();
+            want.insert(good_endpoint().key(), good_endpoint());
+            assert_eq!(objects(reader.load()), want, "{what}: rollback left a trace");
+        }
+    }
+
+    #[test]
+    fn errors_read_as_item_field_reason() {
+        let mut writer = world_tables();
+        let err = writer.apply(&upsert(vec![endpoint(VNI_A, [10, 0, 200, 1], H1)])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "endpoint 10.0.200.1 in VNI 100: ip: 10.0.200.1 is outside every subnet of VPC 100"
+        );
+    }
+
+    #[test]
+    fn reapplying_changes_nothing_and_keeps_the_generation() {
+        let mut writer = world_tables();
+        let generation = writer.generation();
+        assert_eq!(generation, 1);
+        assert_eq!(writer.apply(&world()).unwrap(), generation);
+        assert_eq!(writer.apply(&delete(vec![ObjectKey::Host { ip: Ipv4Addr::new(198, 18, 7, 7) }])).unwrap(), generation);
+        assert_eq!(writer.apply(&upsert(vec![good_endpoint()])).unwrap(), generation + 1);
+        assert_eq!(writer.apply(&upsert(vec![good_endpoint()])).unwrap(), generation + 1);
+    }
+
+    #[test]
+    fn a_whole_world_can_be_deleted_in_one_transaction() {
+        let mut writer = world_tables();
+        let keys: Vec<ObjectKey> = world().upserts.iter().map(Object::key).collect();
+        writer.apply(&delete(keys)).unwrap();
+        assert!(objects(&writer.snapshot()).is_empty());
+        // And built again: no derived state (prefix counts, host references) was left.
+        writer.apply(&world()).unwrap();
+        assert_eq!(objects(&writer.snapshot()).len(), world().upserts.len());
+    }
+
+    #[test]
+    fn readers_never_see_half_a_transaction() {
+        // Each transaction moves two endpoints to the same host; a reader must always
+        // see both on one host.
+        let mut writer = world_tables();
+        let mut reader = writer.reader();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut checks = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let tables = reader.load();
+                    let a = tables.endpoint(VNI_A, u32::from(POD_A1)).unwrap().host;
+                    let b = tables.endpoint(VNI_A, u32::from(POD_A1B)).unwrap().host;
+                    assert_eq!(a, b, "torn read at generation {}", tables.generation());
+                    checks += 1;
+                }
+                checks
+            })
+        };
+        writer.apply(&upsert(vec![endpoint(VNI_A, [10, 0, 1, 10], H1), endpoint(VNI_A, [10, 0, 1, 11], H1)])).unwrap();
+        for i in 0..2_000 {
+            let host = [H1, H2, H3][i % 3];
+            let txn = upsert(vec![endpoint(VNI_A, [10, 0, 1, 10], host), endpoint(VNI_A, [10, 0, 1, 11], host)]);
+            writer.apply(&txn).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let checks = watcher.join().unwrap();
+        assert!(checks > 0);
+    }
+
+    #[test]
+    fn a_stuck_reader_costs_a_copy_not_a_hang() {
+        let mut writer = world_tables();
+        writer.reader_grace = Duration::from_millis(5);
+        let held = writer.snapshot(); // pins the published copy, which becomes the spare
+        writer.apply(&upsert(vec![good_endpoint()])).unwrap();
+        let held_again = writer.snapshot();
+        writer.apply(&upsert(vec![endpoint(VNI_A, [10, 0, 2, 51], H1)])).unwrap();
+        writer.apply(&upsert(vec![endpoint(VNI_A, [10, 0, 2, 52], H1)])).unwrap();
+        assert_eq!(writer.snapshot().len_endpoints(), held.len_endpoints() + 3);
+        drop((held, held_again));
+    }
+
+    /// A small universe of objects for random transactions.
+    fn arb_object() -> impl Strategy<Value = Object> {
+        let hosts = [H1, H2, GW];
+        prop_oneof![
+            (0..3usize, 0..2u8).prop_map(move |(h, m)| Object::Host(Host { ip: hosts[h], mac: MacAddr([2, 0, 0, 0, m, h as u8]) })),
+            (0..2u32, 0..2usize, 0..3usize).prop_map(move |(v, c, d)| Object::Vpc(Vpc {
+                vni: vni(10 + v),
+                cidr: ["10.0.0.0/16", "10.0.0.0/8"][c].parse().unwrap(),
+                service_cidr: "172.30.0.0/16".parse().unwrap(),
+                dividers: vec![hosts[d]],
+            })),
+            (0..2u32, 0..4usize, 0..3usize).prop_map(move |(v, c, b)| {
+                subnet(10 + v, ["10.0.1.0/24", "10.0.0.0/20", "10.0.1.128/25", "10.1.0.0/24"][c], hosts[b])
+            }),
+            (0..2u32, 0..6u8, 0..3usize).prop_map(move |(v, i, h)| endpoint(10 + v, [10, 0, 1, 10 + i], hosts[h])),
+            (0..2u32, 0..3u8, 0..3u8).prop_map(|(v, i, n)| Object::Service(Service {
+                vni: vni(10 + v),
+                vip: Ipv4Addr::new(172, 30, 0, i),
+                port: 80,
+                protocol: Protocol::Tcp,
+                backends: (0..n).map(|b| Backend { ip: Ipv4Addr::new(10, 0, 1, 10 + b), port: 8080, weight: 1 }).collect(),
+            })),
+        ]
+    }
+
+    fn arb_txn() -> impl Strategy<Value = Transaction> {
+        (prop::collection::vec(arb_object(), 0..5), prop::collection::vec(arb_object(), 0..3)).prop_map(|(ups, dels)| {
+            Transaction { upserts: ups, deletes: dels.iter().map(Object::key).collect() }
+        })
+    }
+
+    /// What every accepted state must satisfy.
+    fn check_invariants(tables: &Tables) -> Result<(), TestCaseError> {
+        let objs = objects(tables);
+        let host_known = |ip: &Ipv4Addr| objs.contains_key(&ObjectKey::Host { ip: *ip });
+        let subnets: Vec<&Subnet> = objs.values().filter_map(|o| if let Object::Subnet(s) = o { Some(s) } else { None }).collect();
+        for o in objs.values() {
+            match o {
+                Object::Vpc(v) => prop_assert!(v.dividers.iter().all(host_known)),
+                Object::Subnet(s) => {
+                    let vpc = objs.get(&ObjectKey::Vpc { vni: s.vni });
+                    let inside = matches!(vpc, Some(Object::Vpc(v)) if v.cidr.covers(s.cidr));
+                    prop_assert!(inside, "subnet outside its VPC");
+                    prop_assert!(s.bouncers.iter().all(host_known));
+                    for other in &subnets {
+                        prop_assert!(other.vni != s.vni || other.cidr == s.cidr || !other.cidr.overlaps(s.cidr));
+                    }
+                }
+                Object::Endpoint(e) => {
+                    prop_assert!(host_known(&e.host));
+                    prop_assert!(subnets.iter().any(|s| s.vni == e.vni && s.cidr.contains(e.ip)));
+                }
+                Object::Service(s) => {
+                    let vpc = objs.get(&ObjectKey::Vpc { vni: s.vni });
+                    let inside = matches!(vpc, Some(Object::Vpc(v)) if v.service_cidr.contains(s.vip));
+                    prop_assert!(inside, "VIP outside its VPC's service CIDR");
+                }
+                Object::Host(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Accepted transactions apply whole, rejected ones not at all, every accepted
+        /// state is consistent, and the spare copy converges to the published one.
+        #[test]
+        fn transactions_are_all_or_nothing(txns in prop::collection::vec(arb_txn(), 1..25)) {
+            let mut writer = TableWriter::new();
+            let mut model: BTreeMap<ObjectKey, Object> = BTreeMap::new();
+            for txn in &txns {
+                let generation = writer.generation();
+                match writer.apply(txn) {
+                    Ok(new_generation) => {
+                        for key in &txn.deletes {
+                            model.remove(key);
+                        }
+                        for object in &txn.upserts {
+                            model.insert(object.key(), object.clone());
+                        }
+                        prop_assert!(new_generation == generation || new_generation == generation + 1);
+                    }
+                    Err(_) => prop_assert_eq!(writer.generation(), generation),
+                }
+                let published = writer.snapshot();
+                prop_assert_eq!(&objects(&published), &model);
+                check_invariants(&published)?;
+                drop(published);
+                let spare = writer.claim_spare();
+                prop_assert_eq!(objects(spare), model.clone(), "the spare copy diverged");
+            }
+        }
+    }
+
+    #[test]
+    fn vni_keys_separate_tenants() {
+        let writer = world_tables();
+        let tables = writer.snapshot();
+        let a = tables.endpoint(VNI_A, u32::from(POD_A1)).unwrap();
+        let b = tables.endpoint(VNI_B, u32::from(POD_B1)).unwrap();
+        assert_eq!(POD_A1, POD_B1);
+        assert_ne!(a, b);
+        assert!(tables.endpoint(VNI_B, u32::from(POD_A1B)).is_none());
+        let _ = Vni::MAX;
+    }
+}

@@ -368,9 +368,9 @@ mod tests {
             let csum = update_udp_u32(csum, dst.to_bits(), new_dst.to_bits());
             let csum = update_udp_u16(csum, dport, new_dport);
             let moved = UdpHeader { destination_port: new_dport, ..header };
-            prop_assert_eq!(
-                csum, moved.calc_checksum_ipv4_raw(src.octets(), new_dst.octets(), &payload).unwrap()
-            );
+            let expected =
+                moved.calc_checksum_ipv4_raw(src.octets(), new_dst.octets(), &payload).unwrap();
+            prop_assert_eq!(csum, expected);
         }
 
         #[test]

@@ -3,8 +3,8 @@
 //!
 //! This is the only place in Rust where these values are defined; everything else imports
 //! them. The stubs' C header carries the same values and a test checks the two agree, so
-//! keep every item a plain `pub const` with a literal value (no expressions hiding a
-//! number), one per line.
+//! keep every item a plain `pub const` whose value is written out right here (a literal
+//! or a sum of literals, never a reference to another module), one per line.
 
 /// UDP destination port of Geneve (IANA, RFC 8926).
 pub const GENEVE_UDP_PORT: u16 = 6081;

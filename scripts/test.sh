@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine and runs every check Sluice has: formatting, clippy, every unit,
+# property and integration test, fixture drift, and a short fuzz run of the pipeline.
+# Usage: scripts/test.sh            (everything)
+#        FUZZ_SECONDS=0 scripts/test.sh   (skip fuzzing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fuzz_seconds=${FUZZ_SECONDS:-60}
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "setup"
+if ((fuzz_seconds > 0)); then scripts/setup.sh --fuzz; else scripts/setup.sh; fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "golden fixtures match what scapy generates"
+python3 dataplane/tests/gen_fixtures.py >/dev/null
+git diff --exit-code --stat -- dataplane/tests/fixtures \
+  || { echo "fixtures drifted from dataplane/tests/gen_fixtures.py" >&2; exit 1; }
+
+if ((fuzz_seconds > 0)); then
+  step "fuzz the pipeline for ${fuzz_seconds}s"
+  scripts/fuzz.sh "$fuzz_seconds"
+fi
+
+# Last, so that the runner's summary closes the log.
+step "cargo test"
+cargo test --workspace --release --no-fail-fast 2>&1 | tee /tmp/sluice-test.log
+summary=$(grep -E '^test result:' /tmp/sluice-test.log | awk '{p+=$4; f+=$6; i+=$8} END {printf "%d passed, %d failed, %d skipped", p, f, i}')
+echo
+echo "$summary"
