@@ -625,3 +625,78 @@ impl Xorshift {
         (self.next_u64() % n as u64) as usize
     }
 }
+
+/// The gateway paths the benches measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchPath {
+    /// Same-subnet bounce to a known endpoint.
+    Bounce,
+    /// Cross-subnet routing to a known endpoint.
+    Route,
+    /// Service DNAT to a backend.
+    Dnat,
+    /// ARP request for a peer, answered with a HOST_HINT.
+    Arp,
+}
+
+impl BenchPath {
+    pub const ALL: [BenchPath; 4] = [Self::Bounce, Self::Route, Self::Dnat, Self::Arp];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Bounce => "bounce",
+            Self::Route => "route",
+            Self::Dnat => "dnat",
+            Self::Arp => "arp",
+        }
+    }
+}
+
+impl ScaledWorld {
+    /// `count` packets of `path` between random endpoints (and services) of the whole
+    /// table, each from its source's host. Inner frames are 60 bytes (64 with FCS).
+    pub fn flows(&self, path: BenchPath, count: usize, seed: u64) -> Vec<Vec<u8>> {
+        // 14 + 20 + 8 + 18 and 14 + 20 + 20 + 6 bytes.
+        const UDP_PAYLOAD: [u8; 18] = [0x5a; 18];
+        const TCP_PAYLOAD: [u8; 6] = [0x5a; 6];
+        let mut rng = Xorshift(seed | 1);
+        let (n, subnets) = (self.endpoints, self.subnets);
+        (0..count)
+            .map(|_| {
+                let a = rng.below(n);
+                let (sa, src) = self.endpoint(a);
+                let src_mac = self.endpoint_mac(a);
+                let host = a % Self::WORKER_HOSTS;
+                let outer = OuterSpec::from_host(Self::host(host), Self::host_mac(host), VNI_A);
+                let inner = match path {
+                    BenchPath::Bounce => {
+                        let mut b = rng.below(n / subnets) * subnets + sa;
+                        if b == a {
+                            b = (a + subnets) % n;
+                        }
+                        let (_, dst) = self.endpoint(b);
+                        inner_udp(src_mac, self.endpoint_mac(b), src, dst, (1000, 2000), &UDP_PAYLOAD)
+                    }
+                    BenchPath::Route => {
+                        let mut b = rng.below(n);
+                        if b % subnets == sa {
+                            b = (b + 1) % n;
+                        }
+                        let (_, dst) = self.endpoint(b);
+                        inner_udp(src_mac, Self::router_mac(sa), src, dst, (1000, 2000), &UDP_PAYLOAD)
+                    }
+                    BenchPath::Dnat => {
+                        let vip = Self::vip(rng.below(self.services));
+                        let port = 1024 + rng.below(60_000) as u16;
+                        inner_tcp(src_mac, Self::router_mac(sa), src, vip, (port, 80), &TCP_PAYLOAD)
+                    }
+                    BenchPath::Arp => {
+                        let (_, dst) = self.endpoint((a + subnets) % n);
+                        inner_arp_request(src_mac, src, dst)
+                    }
+                };
+                geneve_packet(&outer, &inner)
+            })
+            .collect()
+    }
+}

@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use super::verdict::DropReason;
 use super::Local;
 use crate::tables::maglev::flow_hash;
-use crate::tables::{Tables, VpcEntry};
+use crate::tables::{SubnetEntry, Tables, VpcEntry};
 use crate::wire::geneve::SluiceOption;
 use crate::wire::{checksum, ethernet, ipv4};
 
@@ -34,7 +34,8 @@ const ETH_DST: std::ops::Range<usize> = ethernet::DST_ADDR_OFFSET..ethernet::DST
 /// Where the packet goes and what it carries.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct NextHop {
-    pub host: u32,
+    pub ip: u32,
+    pub mac: [u8; 6],
     pub host_hint: Option<SluiceOption>,
     pub service_orig: Option<SluiceOption>,
 }
@@ -74,46 +75,72 @@ pub(crate) fn forward(
         service_orig = Some(orig);
     }
 
-    let subnet = tables.subnet_for(vpc, dst).ok_or(DropReason::NoRoute)?;
-    if !subnet.contains(src) && eth[ETH_SRC] != subnet.router_mac {
-        // First routing hop: later gateways see the router MAC as source and leave the TTL.
-        decrement_ttl(ip)?;
-        eth[ETH_SRC].copy_from_slice(&subnet.router_mac);
-    }
+    let host = match tables.endpoint(vni, dst) {
+        // Bouncer: the endpoint is known here. Its entry names its subnet and host.
+        Some(endpoint) => {
+            let subnet = tables.subnet(endpoint.subnet).ok_or(DropReason::NoRoute)?;
+            route(eth, ip, subnet, src)?;
+            eth[ETH_DST].copy_from_slice(&endpoint.mac.0);
+            tables.host(endpoint.host).ok_or(DropReason::NoRoute)?
+        }
+        None => {
+            let subnet = tables.subnet_for(vpc, dst).ok_or(DropReason::NoRoute)?;
+            route(eth, ip, subnet, src)?;
+            let next = hand_on(vpc, subnet, local, src, dst)?;
+            let id = tables.host_id(next).ok_or(DropReason::NoRoute)?;
+            tables.host(id).ok_or(DropReason::NoRoute)?
+        }
+    };
 
     let host_hint = match tables.endpoint(vni, src) {
         Some(source) => Some(SluiceOption::HostHint {
             endpoint: Ipv4Addr::from(src),
-            host: source.host,
+            host: tables.host(source.host).map_or(Ipv4Addr::UNSPECIFIED, |h| h.ip),
         }),
         None => incoming_hint,
     };
-
-    let host = match tables.endpoint(vni, dst) {
-        Some(endpoint) => {
-            eth[ETH_DST].copy_from_slice(&endpoint.mac.0);
-            endpoint.host
-        }
-        None => {
-            let bouncers = &subnet.subnet.bouncers;
-            if vpc.vpc.dividers.contains(&local.ip) {
-                let bouncer = pick(bouncers, src, dst).ok_or(DropReason::UnknownEndpoint)?;
-                if bouncer == local.ip {
-                    return Err(DropReason::UnknownEndpoint);
-                }
-                bouncer
-            } else if bouncers.contains(&local.ip) {
-                return Err(DropReason::UnknownEndpoint);
-            } else {
-                pick(&vpc.vpc.dividers, src, dst).ok_or(DropReason::NoRoute)?
-            }
-        }
-    };
     Ok(NextHop {
-        host: host.to_bits(),
+        ip: host.ip.to_bits(),
+        mac: host.mac.0,
         host_hint,
         service_orig,
     })
+}
+
+/// Routing between subnets: the first gateway on the path decrements the TTL and puts
+/// the destination subnet's router MAC as source; later gateways see that MAC and leave
+/// the TTL alone.
+#[inline]
+fn route(eth: &mut [u8], ip: &mut [u8], subnet: &SubnetEntry, src: u32) -> Result<(), DropReason> {
+    if !subnet.contains(src) && eth[ETH_SRC] != subnet.router_mac {
+        decrement_ttl(ip)?;
+        eth[ETH_SRC].copy_from_slice(&subnet.router_mac);
+    }
+    Ok(())
+}
+
+/// The gateway to hand a packet to when this one does not know its endpoint: a divider
+/// passes it to a bouncer of the destination subnet; a bouncer of another subnet passes
+/// it to a divider. Neither ever hands it back, so there are no loops.
+fn hand_on(
+    vpc: &VpcEntry,
+    subnet: &SubnetEntry,
+    local: &Local,
+    src: u32,
+    dst: u32,
+) -> Result<Ipv4Addr, DropReason> {
+    let bouncers = &subnet.subnet.bouncers;
+    if vpc.vpc.dividers.contains(&local.ip) {
+        let bouncer = pick(bouncers, src, dst).ok_or(DropReason::UnknownEndpoint)?;
+        if bouncer == local.ip {
+            return Err(DropReason::UnknownEndpoint);
+        }
+        Ok(bouncer)
+    } else if bouncers.contains(&local.ip) {
+        Err(DropReason::UnknownEndpoint)
+    } else {
+        pick(&vpc.vpc.dividers, src, dst).ok_or(DropReason::NoRoute)
+    }
 }
 
 /// Rewrites the destination of a packet to a service VIP; returns the backend address

@@ -26,7 +26,6 @@ pub use verdict::{DropCounters, DropReason, Verdict};
 
 use crate::tables::Tables;
 use crate::wire::ethernet;
-use crate::wire::geneve::SluiceOption;
 use outer::Encap;
 
 /// Bytes of headroom a frame needs in front of its data so that the gateway can always
@@ -38,8 +37,8 @@ pub const REQUIRED_HEADROOM: usize = 24;
 pub struct Local {
     pub ip: Ipv4Addr,
     pub mac: MacAddr,
-    /// Precomputed part of every outer IPv4 header checksum this gateway writes.
-    outer_ip_sum: u32,
+    /// The outer headers every packet this gateway sends starts from.
+    template: outer::OuterTemplate,
 }
 
 impl Local {
@@ -47,7 +46,7 @@ impl Local {
         Self {
             ip,
             mac,
-            outer_ip_sum: outer::outer_ip_fixed_sum(ip.to_bits()),
+            template: outer::OuterTemplate::new(ip.octets(), mac.0),
         }
     }
 
@@ -82,8 +81,7 @@ fn process_frame(
         return Err(DropReason::InnerMalformed);
     }
     let ethertype = u16::from_be_bytes([inner[12], inner[13]]);
-    let mut options = [SluiceOption::Direct; outer::MAX_OPTIONS];
-    let (verdict, to, count) = match ethertype {
+    match ethertype {
         ethernet::ETHERTYPE_ARP => {
             let hint = arp::respond(tables, vpc, inner)?;
             let to = Encap {
@@ -92,45 +90,29 @@ fn process_frame(
                 vni: rx.vni,
                 udp_src_port: rx.udp_src_port,
             };
-            let count = push_options(&mut options, [hint, None]);
-            (Verdict::Reply, to, count)
+            outer::encap(frame, local, inner_start, inner_len, &to, [hint, None])?;
+            Ok(Verdict::Reply)
         }
         ethernet::ETHERTYPE_IPV4 => {
             let next = ipv4::forward(tables, local, vpc, inner, rx.host_hint, rx.service_orig)?;
-            if next.host == local.ip_bits() {
+            if next.ip == local.ip_bits() {
                 return Err(DropReason::Loop);
             }
-            if rx.stale && next.host == rx.src_ip {
+            if rx.stale && next.ip == rx.src_ip {
                 return Err(DropReason::StaleEndpoint);
             }
-            // Transactions refuse to name a host the host table lacks, so this holds.
-            let dst_mac = tables.host_mac(next.host).ok_or(DropReason::NoRoute)?;
             let to = Encap {
-                dst_ip: next.host,
-                dst_mac: dst_mac.0,
+                dst_ip: next.ip,
+                dst_mac: next.mac,
                 vni: rx.vni,
                 udp_src_port: rx.udp_src_port,
             };
-            let count = push_options(&mut options, [next.service_orig, next.host_hint]);
-            (Verdict::Forward, to, count)
+            let options = [next.service_orig, next.host_hint];
+            outer::encap(frame, local, inner_start, inner_len, &to, options)?;
+            Ok(Verdict::Forward)
         }
-        _ => return Err(DropReason::InnerUnsupported),
-    };
-    outer::encap(frame, local, inner_start, inner_len, &to, &options[..count])?;
-    Ok(verdict)
-}
-
-#[inline]
-fn push_options(
-    out: &mut [SluiceOption; outer::MAX_OPTIONS],
-    options: [Option<SluiceOption>; outer::MAX_OPTIONS],
-) -> usize {
-    let mut count = 0;
-    for option in options.into_iter().flatten() {
-        out[count] = option;
-        count += 1;
+        _ => Err(DropReason::InnerUnsupported),
     }
-    count
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ use super::frame::Frame;
 use super::verdict::DropReason;
 use super::Local;
 use crate::wire::contract::{
-    GENEVE_PROTO_ETHERNET, GENEVE_UDP_PORT, OPTION_CRITICAL_BIT, OUTER_HEADERS_LEN, OUTER_TTL,
+    GENEVE_PROTO_ETHERNET, GENEVE_UDP_PORT, OPTION_CRITICAL_BIT, OPT_HOST_HINT, OPT_SERVICE_ORIG,
+    OUTER_HEADERS_LEN, OUTER_TTL, SLUICE_OPTION_CLASS,
 };
 use crate::wire::geneve::{self, SluiceOption};
 use crate::wire::{checksum, ethernet, ipv4, udp};
@@ -149,10 +150,86 @@ pub(crate) struct Encap {
     pub udp_src_port: u16,
 }
 
-/// The ones'-complement sum of the outer IPv4 header's fields that never change for a
-/// given gateway address (version/IHL, DF, TTL/protocol, source address).
-pub(crate) const fn outer_ip_fixed_sum(local_ip: u32) -> u32 {
-    0x4500 + IPV4_FLAGS_DF as u32 + (((OUTER_TTL as u32) << 8) | IPPROTO_UDP as u32) + (local_ip >> 16) + (local_ip & 0xffff)
+/// Offsets of the fields that differ between packets in the outer headers.
+mod at {
+    use crate::wire::{ethernet, ipv4, udp};
+    const IP: usize = ethernet::HEADER_LEN;
+    const UDP: usize = IP + ipv4::MIN_HEADER_LEN;
+    pub const GENEVE: usize = UDP + udp::HEADER_LEN;
+    pub const DST_MAC: usize = ethernet::DST_ADDR_OFFSET;
+    pub const IP_TOTAL_LEN: usize = IP + ipv4::TOTAL_LEN_OFFSET;
+    pub const IP_CHECKSUM: usize = IP + ipv4::CHECKSUM_OFFSET;
+    pub const IP_DST: usize = IP + ipv4::DST_ADDR_OFFSET;
+    pub const UDP_SRC_PORT: usize = UDP + udp::SRC_PORT_OFFSET;
+    pub const UDP_LEN: usize = UDP + udp::LENGTH_OFFSET;
+    pub const GENEVE_OPT_LEN: usize = GENEVE;
+    pub const GENEVE_VNI: usize = GENEVE + 4;
+}
+
+/// The outer headers a gateway writes, with every field that is the same for all its
+/// packets filled in: its MAC and address, IPv4 version, DF, TTL and protocol, UDP
+/// destination port 6081 and checksum 0, Geneve version and protocol. `encap` copies it
+/// and patches the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OuterTemplate {
+    bytes: [u8; OUTER_HEADERS_LEN],
+    /// Ones'-complement sum of the template's IPv4 header words.
+    ip_sum: u32,
+}
+
+impl OuterTemplate {
+    pub(crate) const fn new(ip: [u8; 4], mac: [u8; 6]) -> Self {
+        let mut b = [0u8; OUTER_HEADERS_LEN];
+        let [m0, m1, m2, m3, m4, m5] = mac;
+        let (e0, e1) = ((ethernet::ETHERTYPE_IPV4 >> 8) as u8, ethernet::ETHERTYPE_IPV4 as u8);
+        let (p0, p1) = ((GENEVE_UDP_PORT >> 8) as u8, GENEVE_UDP_PORT as u8);
+        let (g0, g1) = ((GENEVE_PROTO_ETHERNET >> 8) as u8, GENEVE_PROTO_ETHERNET as u8);
+        let [a, bb, c, d] = ip;
+        let fixed: [u8; OUTER_HEADERS_LEN] = [
+            0, 0, 0, 0, 0, 0, m0, m1, m2, m3, m4, m5, e0, e1, // Ethernet
+            0x45, 0, 0, 0, 0, 0, (IPV4_FLAGS_DF >> 8) as u8, 0, OUTER_TTL, IPPROTO_UDP, 0, 0, a, bb, c, d, 0, 0, 0, 0, // IPv4
+            0, 0, p0, p1, 0, 0, 0, 0, // UDP, checksum 0
+            0, 0, g0, g1, 0, 0, 0, 0, // Geneve
+        ];
+        let mut i = 0;
+        while i < OUTER_HEADERS_LEN {
+            b[i] = fixed[i];
+            i += 1;
+        }
+        let mut ip_sum = 0u32;
+        let mut w = ethernet::HEADER_LEN;
+        while w < ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN {
+            ip_sum += ((b[w] as u32) << 8) | b[w + 1] as u32;
+            w += 2;
+        }
+        Self { bytes: b, ip_sum }
+    }
+}
+
+/// Writes one option; the two a gateway sends get a fixed-layout fast path.
+#[inline(always)]
+fn write_option(area: &mut [u8], option: &SluiceOption) -> usize {
+    const SERVICE_ORIG_WORDS: u8 = 2;
+    const HOST_HINT_WORDS: u8 = 2;
+    let [c0, c1] = SLUICE_OPTION_CLASS.to_be_bytes();
+    let bytes = match *option {
+        SluiceOption::HostHint { endpoint, host } => {
+            let ([e0, e1, e2, e3], [h0, h1, h2, h3]) = (endpoint.octets(), host.octets());
+            [c0, c1, OPT_HOST_HINT, HOST_HINT_WORDS, e0, e1, e2, e3, h0, h1, h2, h3]
+        }
+        SluiceOption::ServiceOrig { vip, port, protocol } => {
+            let ([v0, v1, v2, v3], [p0, p1]) = (vip.octets(), port.to_be_bytes());
+            [c0, c1, OPT_SERVICE_ORIG, SERVICE_ORIG_WORDS, v0, v1, v2, v3, p0, p1, protocol, 0]
+        }
+        other => return other.emit(area),
+    };
+    match area.get_mut(..bytes.len()) {
+        Some(out) => {
+            out.copy_from_slice(&bytes);
+            bytes.len()
+        }
+        None => 0,
+    }
 }
 
 /// Writes fresh outer headers (and `options`) in front of the inner frame at
@@ -164,54 +241,40 @@ pub(crate) fn encap(
     inner_start: usize,
     inner_len: usize,
     to: &Encap,
-    options: &[SluiceOption],
+    options: [Option<SluiceOption>; MAX_OPTIONS],
 ) -> Result<(), DropReason> {
-    let options_len: usize = options.iter().map(SluiceOption::wire_len).sum();
+    let [first, second] = options;
+    let options_len = first.map_or(0, |o| o.wire_len()) + second.map_or(0, |o| o.wire_len());
     let outer_len = OUTER_HEADERS_LEN + options_len;
     let start = inner_start.checked_sub(outer_len).ok_or(DropReason::NoHeadroom)?;
     let ip_total = outer_len - ethernet::HEADER_LEN + inner_len;
     let ip_total = u16::try_from(ip_total).map_err(|_| DropReason::NoHeadroom)?;
-    let out = &mut frame.buf_mut()[start..inner_start];
-    let (eth, rest) = out.split_at_mut(ethernet::HEADER_LEN);
-    let (ip, rest) = rest.split_at_mut(ipv4::MIN_HEADER_LEN);
-    let (udp_bytes, gen) = rest.split_at_mut(udp::HEADER_LEN);
+    let (base, option_area) = frame.buf_mut()[start..inner_start].split_at_mut(OUTER_HEADERS_LEN);
+    let Ok(out) = <&mut [u8; OUTER_HEADERS_LEN]>::try_from(base) else {
+        return Err(DropReason::NoHeadroom);
+    };
+    let template = &local.template;
+    *out = template.bytes;
 
-    eth[..6].copy_from_slice(&to.dst_mac);
-    eth[6..12].copy_from_slice(&local.mac.0);
-    eth[12..14].copy_from_slice(&ethernet::ETHERTYPE_IPV4.to_be_bytes());
-
-    let sum = local.outer_ip_sum + u32::from(ip_total) + (to.dst_ip >> 16) + (to.dst_ip & 0xffff);
+    out[at::DST_MAC..at::DST_MAC + 6].copy_from_slice(&to.dst_mac);
+    out[at::IP_TOTAL_LEN..at::IP_TOTAL_LEN + 2].copy_from_slice(&ip_total.to_be_bytes());
+    out[at::IP_DST..at::IP_DST + 4].copy_from_slice(&to.dst_ip.to_be_bytes());
+    let sum = template.ip_sum + u32::from(ip_total) + (to.dst_ip >> 16) + (to.dst_ip & 0xffff);
     let sum = (sum & 0xffff) + (sum >> 16);
     let ip_checksum = !(((sum & 0xffff) + (sum >> 16)) as u16);
-    let total = ip_total.to_be_bytes();
-    let csum = ip_checksum.to_be_bytes();
-    let src = local.ip.octets();
-    let dst = to.dst_ip.to_be_bytes();
-    ip.copy_from_slice(&[
-        0x45, 0, total[0], total[1], 0, 0, 0x40, 0, OUTER_TTL, IPPROTO_UDP, csum[0], csum[1], src[0],
-        src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3],
-    ]);
+    out[at::IP_CHECKSUM..at::IP_CHECKSUM + 2].copy_from_slice(&ip_checksum.to_be_bytes());
+    out[at::UDP_SRC_PORT..at::UDP_SRC_PORT + 2].copy_from_slice(&to.udp_src_port.to_be_bytes());
+    let udp_len = ip_total - ipv4::MIN_HEADER_LEN as u16;
+    out[at::UDP_LEN..at::UDP_LEN + 2].copy_from_slice(&udp_len.to_be_bytes());
+    out[at::GENEVE_OPT_LEN] = (options_len / 4) as u8;
+    out[at::GENEVE_VNI..at::GENEVE_VNI + 3].copy_from_slice(&to.vni.to_be_bytes()[1..]);
 
-    let sport = to.udp_src_port.to_be_bytes();
-    let dport = GENEVE_UDP_PORT.to_be_bytes();
-    let udp_len = (ip_total - ipv4::MIN_HEADER_LEN as u16).to_be_bytes();
-    udp_bytes.copy_from_slice(&[sport[0], sport[1], dport[0], dport[1], udp_len[0], udp_len[1], 0, 0]);
-
-    let proto = GENEVE_PROTO_ETHERNET.to_be_bytes();
-    let vni = (to.vni << 8).to_be_bytes();
-    gen[..geneve::HEADER_LEN].copy_from_slice(&[
-        (options_len / 4) as u8,
-        0,
-        proto[0],
-        proto[1],
-        vni[0],
-        vni[1],
-        vni[2],
-        0,
-    ]);
-    let mut at = geneve::HEADER_LEN;
-    for option in options {
-        at += option.emit(&mut gen[at..]);
+    let mut written = 0;
+    if let Some(option) = first {
+        written = write_option(option_area, &option);
+    }
+    if let Some(option) = second {
+        write_option(&mut option_area[written..], &option);
     }
     frame.set_bounds(start, outer_len + inner_len);
     Ok(())

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use sluice_api::{Endpoint, Host, Ipv4Cidr, ObjectKey, Subnet, Vpc};
 
-use super::entries::{EndpointEntry, HostEntry, ServiceEntry, SubnetEntry, Tables, VpcEntry};
+use super::entries::{EndpointEntry, HostEntry, HostId, ServiceEntry, SubnetEntry, SubnetId, Tables, VpcEntry};
 use super::keys;
 use super::writer::{RejectKind, Rejected};
 
@@ -54,7 +54,7 @@ impl Tables {
         hosts: &[Ipv4Addr],
     ) -> Result<(), Rejected> {
         for (i, host) in hosts.iter().enumerate() {
-            if !self.hosts.contains_key(&keys::ip(*host)) {
+            if !self.host_ids.contains_key(&keys::ip(*host)) {
                 return Err(invalid(
                     item,
                     format!("{field}[{i}]"),
@@ -76,10 +76,9 @@ impl Tables {
     pub(crate) fn check(&self, key: ObjectKey, op: &Op) -> Result<bool, Rejected> {
         match op {
             Op::UpsertHost(host) => Ok(self
-                .hosts
-                .get(&keys::ip(host.ip))
+                .host_by_ip(host.ip)
                 .is_none_or(|h| h.mac != host.mac)),
-            Op::DeleteHost(ip) => match self.hosts.get(&keys::ip(*ip)) {
+            Op::DeleteHost(ip) => match self.host_by_ip(*ip) {
                 None => Ok(false),
                 Some(h) if h.refs > 0 => Err(precondition(
                     key,
@@ -150,7 +149,7 @@ impl Tables {
                 }
                 self.check_hosts_known(key, "bouncers", &subnet.bouncers)?;
                 let subnet_key = keys::subnet(vni, subnet.cidr.prefix_len(), subnet.cidr.first());
-                if let Some(old) = self.subnets.get(&subnet_key) {
+                if let Some(old) = self.subnet_ids.get(&subnet_key).and_then(|id| self.subnets.get(*id)) {
                     return Ok(*old.subnet != **subnet);
                 }
                 if let Some(other) = self.overlapping_subnet(vpc, subnet.cidr) {
@@ -163,10 +162,8 @@ impl Tables {
                 Ok(true)
             }
             Op::DeleteSubnet { vni, cidr } => {
-                match self
-                    .subnets
-                    .get(&keys::subnet(*vni, cidr.prefix_len(), cidr.first()))
-                {
+                let key_bits = keys::subnet(*vni, cidr.prefix_len(), cidr.first());
+                match self.subnet_ids.get(&key_bits).and_then(|id| self.subnets.get(*id)) {
                     None => Ok(false),
                     Some(s) if s.endpoints > 0 => Err(precondition(
                         key,
@@ -206,9 +203,9 @@ impl Tables {
                         e.field = "host".into();
                         e
                     })?;
-                Ok(self
-                    .endpoint(vni, ip)
-                    .is_none_or(|old| old.mac != ep.mac || old.host != ep.host))
+                Ok(self.endpoint(vni, ip).is_none_or(|old| {
+                    old.mac != ep.mac || self.endpoint_host(old) != Some(ep.host)
+                }))
             }
             Op::DeleteEndpoint { vni, ip } => Ok(self.endpoint(*vni, *ip).is_some()),
             Op::UpsertService(entry) => {
@@ -254,7 +251,7 @@ impl Tables {
             let len = 63 - lens.leading_zeros() as u8;
             lens &= !(1u64 << len);
             let network = cidr.first() & Ipv4Cidr::mask_for(len);
-            if self.subnets.contains_key(&keys::subnet(vni, len, network)) {
+            if self.subnet_ids.contains_key(&keys::subnet(vni, len, network)) {
                 return Some(Ipv4Cidr::truncate(Ipv4Addr::from(network), len));
             }
         }
@@ -264,8 +261,20 @@ impl Tables {
             .map(|&(network, len)| Ipv4Cidr::truncate(Ipv4Addr::from(network), len))
     }
 
+    fn host_by_ip(&self, ip: Ipv4Addr) -> Option<&HostEntry> {
+        self.hosts.get(*self.host_ids.get(&keys::ip(ip))?)
+    }
+
     fn host_ref(&mut self, ip: Ipv4Addr, delta: i32) {
-        if let Some(host) = self.hosts.get_mut(&keys::ip(ip)) {
+        if let Some(id) = self.host_ids.get(&keys::ip(ip)) {
+            if let Some(host) = self.hosts.get_mut(*id) {
+                host.refs = host.refs.saturating_add_signed(delta);
+            }
+        }
+    }
+
+    fn host_ref_id(&mut self, id: HostId, delta: i32) {
+        if let Some(host) = self.hosts.get_mut(id) {
             host.refs = host.refs.saturating_add_signed(delta);
         }
     }
@@ -281,31 +290,28 @@ impl Tables {
         match op {
             Op::UpsertHost(host) => {
                 let ip = keys::ip(host.ip);
-                match self.hosts.get_mut(&ip) {
+                let existing = self.host_ids.get(&ip).and_then(|id| self.hosts.get_mut(*id));
+                match existing {
                     Some(entry) => {
-                        let old = Host {
-                            ip: host.ip,
-                            mac: entry.mac,
-                        };
+                        let old = Host { ip: host.ip, mac: entry.mac };
                         entry.mac = host.mac;
                         Op::UpsertHost(old)
                     }
                     None => {
-                        self.hosts.insert(
-                            ip,
-                            HostEntry {
-                                mac: host.mac,
-                                refs: 0,
-                            },
-                        );
+                        let entry = HostEntry { ip: host.ip, mac: host.mac, refs: 0 };
+                        let id = self.hosts.insert(entry);
+                        self.host_ids.insert(ip, id);
                         Op::DeleteHost(host.ip)
                     }
                 }
             }
-            Op::DeleteHost(ip) => match self.hosts.remove(&keys::ip(ip)) {
-                Some(entry) => Op::UpsertHost(Host { ip, mac: entry.mac }),
-                None => Op::DeleteHost(ip),
-            },
+            Op::DeleteHost(ip) => {
+                let removed = self.host_ids.remove(&keys::ip(ip)).and_then(|id| self.hosts.remove(id));
+                match removed {
+                    Some(entry) => Op::UpsertHost(Host { ip, mac: entry.mac }),
+                    None => Op::DeleteHost(ip),
+                }
+            }
             Op::UpsertVpc(vpc) => {
                 let vni = vpc.vni.get();
                 self.host_refs(&vpc.dividers, 1);
@@ -333,10 +339,12 @@ impl Tables {
                 let cidr = subnet.cidr;
                 let key = keys::subnet(vni, cidr.prefix_len(), cidr.first());
                 self.host_refs(&subnet.bouncers, 1);
-                let old = match self.subnets.get_mut(&key) {
+                let existing = self.subnet_ids.get(&key).and_then(|id| self.subnets.get_mut(*id));
+                let old = match existing {
                     Some(entry) => Some(entry.set_subnet(subnet)),
                     None => {
-                        self.subnets.insert(key, SubnetEntry::new(subnet));
+                        let id = self.subnets.insert(SubnetEntry::new(subnet));
+                        self.subnet_ids.insert(key, id);
                         if let Some(vpc) = self.vpcs.get_mut(&vni) {
                             let len = cidr.prefix_len();
                             vpc.prefix_counts[len as usize] += 1;
@@ -356,7 +364,8 @@ impl Tables {
             }
             Op::DeleteSubnet { vni, cidr } => {
                 let key = keys::subnet(vni, cidr.prefix_len(), cidr.first());
-                match self.subnets.remove(&key) {
+                let removed = self.subnet_ids.remove(&key).and_then(|id| self.subnets.remove(id));
+                match removed {
                     Some(entry) => {
                         if let Some(vpc) = self.vpcs.get_mut(&vni) {
                             let len = cidr.prefix_len();
@@ -375,22 +384,20 @@ impl Tables {
             Op::UpsertEndpoint(ep) => {
                 let vni = ep.vni.get();
                 let ip = keys::ip(ep.ip);
-                self.host_ref(ep.host, 1);
-                let new = EndpointEntry {
-                    mac: ep.mac,
-                    host: ep.host,
+                // `check` made sure both exist.
+                let (Some(&host), Some(subnet)) = (self.host_ids.get(&keys::ip(ep.host)), self.subnet_id_for(vni, ip)) else {
+                    return Op::DeleteEndpoint { vni, ip };
                 };
+                self.host_ref_id(host, 1);
+                let new = EndpointEntry { mac: ep.mac, host, subnet };
                 match self.endpoints.insert(keys::endpoint(vni, ip), new) {
                     Some(old) => {
-                        self.host_ref(old.host, -1);
-                        Op::UpsertEndpoint(Endpoint {
-                            mac: old.mac,
-                            host: old.host,
-                            ..ep
-                        })
+                        self.host_ref_id(old.host, -1);
+                        let old_host = self.hosts.get(old.host).map_or(ep.host, |h| h.ip);
+                        Op::UpsertEndpoint(Endpoint { mac: old.mac, host: old_host, ..ep })
                     }
                     None => {
-                        self.count_endpoint(vni, ip, 1);
+                        self.count_endpoint(subnet, 1);
                         Op::DeleteEndpoint { vni, ip }
                     }
                 }
@@ -398,17 +405,18 @@ impl Tables {
             Op::DeleteEndpoint { vni, ip } => match self.endpoints.remove(&keys::endpoint(vni, ip))
             {
                 Some(old) => {
-                    self.count_endpoint(vni, ip, -1);
-                    self.host_ref(old.host, -1);
-                    match sluice_api::Vni::new(vni) {
-                        Ok(vni) => Op::UpsertEndpoint(Endpoint {
+                    self.count_endpoint(old.subnet, -1);
+                    self.host_ref_id(old.host, -1);
+                    let host = self.hosts.get(old.host).map(|h| h.ip);
+                    match (sluice_api::Vni::new(vni), host) {
+                        (Ok(vni), Some(host)) => Op::UpsertEndpoint(Endpoint {
                             vni,
                             ip: Ipv4Addr::from(ip),
                             mac: old.mac,
-                            host: old.host,
+                            host,
                         }),
-                        // Keys are built from valid VNIs only.
-                        Err(_) => Op::DeleteEndpoint { vni, ip },
+                        // Keys hold valid VNIs, and a host outlives its endpoints.
+                        _ => Op::DeleteEndpoint { vni, ip },
                     }
                 }
                 None => Op::DeleteEndpoint { vni, ip },
@@ -439,19 +447,23 @@ impl Tables {
         }
     }
 
-    fn count_endpoint(&mut self, vni: u32, ip: u32, delta: i32) {
-        let Some(vpc) = self.vpcs.get(&vni) else {
-            return;
-        };
+    fn count_endpoint(&mut self, subnet: SubnetId, delta: i32) {
+        if let Some(subnet) = self.subnets.get_mut(subnet) {
+            subnet.endpoints = subnet.endpoints.saturating_add_signed(delta);
+        }
+    }
+
+    /// The id of the subnet of VPC `vni` holding `ip`.
+    fn subnet_id_for(&self, vni: u32, ip: u32) -> Option<SubnetId> {
+        let vpc = self.vpcs.get(&vni)?;
         let mut lens = vpc.prefix_lens;
         while lens != 0 {
             let len = 63 - lens.leading_zeros() as u8;
             lens &= !(1u64 << len);
-            let key = keys::subnet(vni, len, ip & Ipv4Cidr::mask_for(len));
-            if let Some(subnet) = self.subnets.get_mut(&key) {
-                subnet.endpoints = subnet.endpoints.saturating_add_signed(delta);
-                return;
+            if let Some(id) = self.subnet_ids.get(&keys::subnet(vni, len, ip & Ipv4Cidr::mask_for(len))) {
+                return Some(*id);
             }
         }
+        None
     }
 }

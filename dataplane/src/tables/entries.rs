@@ -9,9 +9,10 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use hashbrown::HashMap;
-use sluice_api::{Endpoint, Host, Ipv4Cidr, MacAddr, Object, ObjectKey, Service, Subnet, Vpc};
+use sluice_api::{Endpoint, Host, Ipv4Cidr, MacAddr, Object, ObjectKey, Service, Subnet, Vni, Vpc};
 
 use super::keys;
+use super::slab::Slab;
 use super::maglev::{MaglevBackend, MaglevTable};
 
 /// A VPC as the packet path sees it.
@@ -109,12 +110,19 @@ impl SubnetEntry {
     }
 }
 
-/// An endpoint: its MAC and the underlay host it lives on.
+/// An endpoint: its MAC, and the slab ids of its host and subnet, so that forwarding to
+/// it needs no further hash lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EndpointEntry {
     pub mac: MacAddr,
-    pub host: Ipv4Addr,
+    pub host: HostId,
+    pub subnet: SubnetId,
 }
+
+/// Index of a host in [`Tables`]; stable while the host exists.
+pub type HostId = u32;
+/// Index of a subnet in [`Tables`]; stable while the subnet exists.
+pub type SubnetId = u32;
 
 /// A service with its Maglev table. Shared (`Arc`) by both copies of the tables.
 #[derive(Debug)]
@@ -153,9 +161,11 @@ impl ServiceEntry {
     }
 }
 
+/// An underlay host.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct HostEntry {
-    pub(crate) mac: MacAddr,
+pub struct HostEntry {
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
     /// Endpoints, subnets (bouncers) and VPCs (dividers) naming this host.
     pub(crate) refs: u32,
 }
@@ -163,9 +173,11 @@ pub(crate) struct HostEntry {
 /// One copy of all tables. Workers only read it.
 #[derive(Clone, Debug, Default)]
 pub struct Tables {
-    pub(crate) hosts: HashMap<u32, HostEntry>,
+    pub(crate) host_ids: HashMap<u32, HostId>,
+    pub(crate) hosts: Slab<HostEntry>,
     pub(crate) vpcs: HashMap<u32, VpcEntry>,
-    pub(crate) subnets: HashMap<u64, SubnetEntry>,
+    pub(crate) subnet_ids: HashMap<u64, SubnetId>,
+    pub(crate) subnets: Slab<SubnetEntry>,
     pub(crate) endpoints: HashMap<u64, EndpointEntry>,
     pub(crate) services: HashMap<u128, Arc<ServiceEntry>>,
     pub(crate) generation: u64,
@@ -192,8 +204,8 @@ impl Tables {
             let len = 63 - lens.leading_zeros() as u8;
             lens &= !(1u64 << len);
             let network = ip & Ipv4Cidr::mask_for(len);
-            if let Some(subnet) = self.subnets.get(&keys::subnet(vni, len, network)) {
-                return Some(subnet);
+            if let Some(id) = self.subnet_ids.get(&keys::subnet(vni, len, network)) {
+                return self.subnets.get(*id);
             }
         }
         None
@@ -206,7 +218,28 @@ impl Tables {
 
     #[inline]
     pub fn host_mac(&self, ip: u32) -> Option<MacAddr> {
-        self.hosts.get(&ip).map(|h| h.mac)
+        let id = self.host_ids.get(&ip)?;
+        self.hosts.get(*id).map(|h| h.mac)
+    }
+
+    #[inline]
+    pub fn host_id(&self, ip: Ipv4Addr) -> Option<HostId> {
+        self.host_ids.get(&ip.to_bits()).copied()
+    }
+
+    #[inline]
+    pub fn host(&self, id: HostId) -> Option<&HostEntry> {
+        self.hosts.get(id)
+    }
+
+    #[inline]
+    pub fn subnet(&self, id: SubnetId) -> Option<&SubnetEntry> {
+        self.subnets.get(id)
+    }
+
+    /// The underlay address of the host endpoint `entry` lives on.
+    pub fn endpoint_host(&self, entry: &EndpointEntry) -> Option<Ipv4Addr> {
+        self.hosts.get(entry.host).map(|h| h.ip)
     }
 
     #[inline]
@@ -217,7 +250,7 @@ impl Tables {
     }
 
     pub fn len_hosts(&self) -> usize {
-        self.hosts.len()
+        self.host_ids.len()
     }
 
     pub fn len_endpoints(&self) -> usize {
@@ -231,67 +264,54 @@ impl Tables {
     /// The object stored under `key`, as the control plane describes it.
     pub fn get(&self, key: &ObjectKey) -> Option<Object> {
         match *key {
-            ObjectKey::Host { ip } => self
-                .hosts
-                .get(&keys::ip(ip))
-                .map(|h| Object::Host(Host { ip, mac: h.mac })),
+            ObjectKey::Host { ip } => {
+                let host = self.hosts.get(*self.host_ids.get(&keys::ip(ip))?)?;
+                Some(Object::Host(Host { ip, mac: host.mac }))
+            }
             ObjectKey::Vpc { vni } => self
                 .vpcs
                 .get(&vni.get())
                 .map(|v| Object::Vpc((*v.vpc).clone())),
-            ObjectKey::Subnet { vni, cidr } => self
-                .subnets
-                .get(&keys::subnet(vni.get(), cidr.prefix_len(), cidr.first()))
-                .map(|s| Object::Subnet((*s.subnet).clone())),
-            ObjectKey::Endpoint { vni, ip } => self
-                .endpoints
-                .get(&keys::endpoint(vni.get(), keys::ip(ip)))
-                .map(|e| {
-                    Object::Endpoint(Endpoint {
-                        vni,
-                        ip,
-                        mac: e.mac,
-                        host: e.host,
-                    })
-                }),
-            ObjectKey::Service {
-                vni,
-                vip,
-                port,
-                protocol,
-            } => self
+            ObjectKey::Subnet { vni, cidr } => {
+                let key = keys::subnet(vni.get(), cidr.prefix_len(), cidr.first());
+                let subnet = self.subnets.get(*self.subnet_ids.get(&key)?)?;
+                Some(Object::Subnet((*subnet.subnet).clone()))
+            }
+            ObjectKey::Endpoint { vni, ip } => {
+                let entry = self.endpoints.get(&keys::endpoint(vni.get(), keys::ip(ip)))?;
+                self.endpoint_object(vni, ip, entry)
+            }
+            ObjectKey::Service { vni, vip, port, protocol } => self
                 .services
-                .get(&keys::service(
-                    vni.get(),
-                    keys::ip(vip),
-                    port,
-                    protocol.number(),
-                ))
+                .get(&keys::service(vni.get(), keys::ip(vip), port, protocol.number()))
                 .map(|s| Object::Service(s.service.clone())),
         }
     }
 
+    fn endpoint_object(&self, vni: Vni, ip: Ipv4Addr, entry: &EndpointEntry) -> Option<Object> {
+        Some(Object::Endpoint(Endpoint {
+            vni,
+            ip,
+            mac: entry.mac,
+            host: self.endpoint_host(entry)?,
+        }))
+    }
+
     /// Every object, for listing and snapshots. Order is unspecified.
     pub fn objects(&self) -> impl Iterator<Item = Object> + '_ {
-        let hosts = self.hosts.iter().map(|(ip, h)| {
-            Object::Host(Host {
-                ip: Ipv4Addr::from(*ip),
-                mac: h.mac,
-            })
+        let hosts = self.host_ids.values().filter_map(|id| {
+            let host = self.hosts.get(*id)?;
+            Some(Object::Host(Host { ip: host.ip, mac: host.mac }))
         });
         let vpcs = self.vpcs.values().map(|v| Object::Vpc((*v.vpc).clone()));
         let subnets = self
-            .subnets
+            .subnet_ids
             .values()
-            .map(|s| Object::Subnet((*s.subnet).clone()));
-        let endpoints = self.endpoints.iter().map(|(key, e)| {
-            Object::Endpoint(Endpoint {
-                // The key was built from a valid VNI and address.
-                vni: sluice_api::Vni::new((key >> 32) as u32).unwrap_or_else(|_| unreachable_vni()),
-                ip: Ipv4Addr::from(*key as u32),
-                mac: e.mac,
-                host: e.host,
-            })
+            .filter_map(|id| Some(Object::Subnet((*self.subnets.get(*id)?.subnet).clone())));
+        let endpoints = self.endpoints.iter().filter_map(|(key, entry)| {
+            // Keys are built from valid VNIs only.
+            let vni = Vni::new((key >> 32) as u32).ok()?;
+            self.endpoint_object(vni, Ipv4Addr::from(*key as u32), entry)
         });
         let services = self
             .services
@@ -303,10 +323,4 @@ impl Tables {
             .chain(endpoints)
             .chain(services)
     }
-}
-
-#[cold]
-fn unreachable_vni() -> sluice_api::Vni {
-    // Keys are only ever built from validated VNIs; reaching this is a bug in this module.
-    panic!("endpoint table holds a key with an invalid VNI")
 }

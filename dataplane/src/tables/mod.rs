@@ -18,7 +18,10 @@ mod apply;
 mod entries;
 mod keys;
 pub mod maglev;
+mod slab;
 mod writer;
 
-pub use entries::{EndpointEntry, ServiceEntry, SubnetEntry, Tables, VpcEntry};
+pub use entries::{
+    EndpointEntry, HostEntry, HostId, ServiceEntry, SubnetEntry, SubnetId, Tables, VpcEntry,
+};
 pub use writer::{RejectKind, Rejected, TableReader, TableWriter};
