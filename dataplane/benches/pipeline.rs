@@ -25,12 +25,21 @@ fn bench_paths(c: &mut Criterion) {
         group.throughput(Throughput::Elements(FLOWS as u64));
         for ((name, world), tables) in worlds.iter().zip(&tables) {
             let packets = world.flows(path, FLOWS, 0x5eed);
-            let want = if path == BenchPath::Arp { Verdict::Reply } else { Verdict::Forward };
+            let want = if path == BenchPath::Arp {
+                Verdict::Reply
+            } else {
+                Verdict::Forward
+            };
             let buffers: Vec<Vec<u8>> = packets.iter().map(|p| with_headroom(p)).collect();
             let lens: Vec<usize> = packets.iter().map(Vec::len).collect();
             for (buf, len) in buffers.clone().iter_mut().zip(&lens) {
                 let mut frame = Frame::new(buf, HEADROOM, *len).expect("fits");
-                assert_eq!(process(tables, &local, &mut frame), want, "{} at {name}", path.name());
+                assert_eq!(
+                    process(tables, &local, &mut frame),
+                    want,
+                    "{} at {name}",
+                    path.name()
+                );
             }
             group.bench_function(*name, |b| {
                 b.iter_batched_ref(

@@ -59,7 +59,10 @@ fn median(samples: &mut [f64]) -> f64 {
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument selects paths by name.
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let local = local();
     eprintln!("building tables: small (10 endpoints, 10 services) and large (1,000,000 endpoints, 10,000 services x 100 backends)");
     let small_world = ScaledWorld::new(10, 10, 100);
@@ -76,7 +79,11 @@ fn main() {
         }
         let mut small = Case::new(&small_world, path);
         let mut large = Case::new(&large_world, path);
-        let want = if path == BenchPath::Arp { Verdict::Reply } else { Verdict::Forward };
+        let want = if path == BenchPath::Arp {
+            Verdict::Reply
+        } else {
+            Verdict::Forward
+        };
         for (case, tables) in [(&mut small, &small_tables), (&mut large, &large_tables)] {
             for (buf, len) in case.buffers.iter_mut().zip(&case.len) {
                 let mut frame = Frame::new(buf, HEADROOM, *len).expect("fits");
@@ -93,7 +100,10 @@ fn main() {
         }
         let (s, l, r) = (median(&mut s), median(&mut l), median(&mut r));
         println!("| {} | {s:.1} | {l:.1} | {r:.2} |", path.name());
-        json.push(format!("\"{}\":{{\"small_ns\":{s:.2},\"large_ns\":{l:.2},\"ratio\":{r:.3}}}", path.name()));
+        json.push(format!(
+            "\"{}\":{{\"small_ns\":{s:.2},\"large_ns\":{l:.2},\"ratio\":{r:.3}}}",
+            path.name()
+        ));
     }
     println!();
     println!("{{{}}}", json.join(","));

@@ -10,14 +10,70 @@ fn main() -> std::io::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let a = OuterSpec::from_host(H1, H1_MAC, VNI_A);
     let seeds: Vec<(&str, Vec<u8>)> = vec![
-        ("bounce", geneve_packet(&a, &inner_udp(POD_A1_MAC, POD_A1B_MAC, POD_A1, POD_A1B, (1, 2), b"x"))),
-        ("route", geneve_packet(&a, &inner_udp(POD_A1_MAC, ROUTER_A1_MAC, POD_A1, POD_A2, (1, 2), b"x"))),
-        ("divider", geneve_packet(&a, &inner_udp(POD_A1_MAC, ROUTER_A1_MAC, POD_A1, POD_A3, (1, 2), b"x"))),
-        ("dnat_tcp", geneve_packet(&a, &inner_tcp(POD_A1_MAC, ROUTER_A1_MAC, POD_A1, VIP_TCP, (40000, 80), b"GET"))),
-        ("dnat_udp", geneve_packet(&a, &inner_udp(POD_A1_MAC, ROUTER_A1_MAC, POD_A1, VIP_UDP, (40000, 53), b"q"))),
-        ("arp_peer", geneve_packet(&a, &inner_arp_request(POD_A1_MAC, POD_A1, POD_A1B))),
-        ("arp_router", geneve_packet(&a, &inner_arp_request(POD_A1_MAC, POD_A1, Ipv4Addr::new(10, 0, 1, 1)))),
-        ("icmp", geneve_packet(&a, &inner_icmp(POD_A1_MAC, POD_A1B_MAC, POD_A1, POD_A1B))),
+        (
+            "bounce",
+            geneve_packet(
+                &a,
+                &inner_udp(POD_A1_MAC, POD_A1B_MAC, POD_A1, POD_A1B, (1, 2), b"x"),
+            ),
+        ),
+        (
+            "route",
+            geneve_packet(
+                &a,
+                &inner_udp(POD_A1_MAC, ROUTER_A1_MAC, POD_A1, POD_A2, (1, 2), b"x"),
+            ),
+        ),
+        (
+            "divider",
+            geneve_packet(
+                &a,
+                &inner_udp(POD_A1_MAC, ROUTER_A1_MAC, POD_A1, POD_A3, (1, 2), b"x"),
+            ),
+        ),
+        (
+            "dnat_tcp",
+            geneve_packet(
+                &a,
+                &inner_tcp(
+                    POD_A1_MAC,
+                    ROUTER_A1_MAC,
+                    POD_A1,
+                    VIP_TCP,
+                    (40000, 80),
+                    b"GET",
+                ),
+            ),
+        ),
+        (
+            "dnat_udp",
+            geneve_packet(
+                &a,
+                &inner_udp(
+                    POD_A1_MAC,
+                    ROUTER_A1_MAC,
+                    POD_A1,
+                    VIP_UDP,
+                    (40000, 53),
+                    b"q",
+                ),
+            ),
+        ),
+        (
+            "arp_peer",
+            geneve_packet(&a, &inner_arp_request(POD_A1_MAC, POD_A1, POD_A1B)),
+        ),
+        (
+            "arp_router",
+            geneve_packet(
+                &a,
+                &inner_arp_request(POD_A1_MAC, POD_A1, Ipv4Addr::new(10, 0, 1, 1)),
+            ),
+        ),
+        (
+            "icmp",
+            geneve_packet(&a, &inner_icmp(POD_A1_MAC, POD_A1B_MAC, POD_A1, POD_A1B)),
+        ),
         (
             "options",
             geneve_packet(

@@ -516,7 +516,12 @@ impl ScaledWorld {
 
     pub fn new(endpoints: usize, services: usize, backends: usize) -> Self {
         let subnets = endpoints.div_ceil(Self::PER_SUBNET).max(2);
-        Self { endpoints, services, backends, subnets }
+        Self {
+            endpoints,
+            services,
+            backends,
+            subnets,
+        }
     }
 
     pub fn host(i: usize) -> Ipv4Addr {
@@ -531,11 +536,21 @@ impl ScaledWorld {
     pub fn endpoint(&self, i: usize) -> (usize, Ipv4Addr) {
         let subnet = i % self.subnets;
         let k = 10 + i / self.subnets;
-        (subnet, Ipv4Addr::new(10, subnet as u8, (k >> 8) as u8, k as u8))
+        (
+            subnet,
+            Ipv4Addr::new(10, subnet as u8, (k >> 8) as u8, k as u8),
+        )
     }
 
     pub fn endpoint_mac(&self, i: usize) -> MacAddr {
-        MacAddr([0x0a, 0x58, (i >> 24) as u8, (i >> 16) as u8, (i >> 8) as u8, i as u8])
+        MacAddr([
+            0x0a,
+            0x58,
+            (i >> 24) as u8,
+            (i >> 16) as u8,
+            (i >> 8) as u8,
+            i as u8,
+        ])
     }
 
     pub fn router_mac(subnet: usize) -> MacAddr {
@@ -549,11 +564,20 @@ impl ScaledWorld {
     /// The whole world as one transaction.
     pub fn transaction(&self) -> Transaction {
         let mut upserts = vec![
-            Object::Host(Host { ip: GW, mac: GW_MAC }),
-            Object::Host(Host { ip: GW2, mac: GW2_MAC }),
+            Object::Host(Host {
+                ip: GW,
+                mac: GW_MAC,
+            }),
+            Object::Host(Host {
+                ip: GW2,
+                mac: GW2_MAC,
+            }),
         ];
         for i in 0..Self::WORKER_HOSTS {
-            upserts.push(Object::Host(Host { ip: Self::host(i), mac: Self::host_mac(i) }));
+            upserts.push(Object::Host(Host {
+                ip: Self::host(i),
+                mac: Self::host_mac(i),
+            }));
         }
         upserts.push(Object::Vpc(Vpc {
             vni: vni(VNI_A),
@@ -594,12 +618,17 @@ impl ScaledWorld {
                 backends,
             }));
         }
-        Transaction { upserts, deletes: vec![] }
+        Transaction {
+            upserts,
+            deletes: vec![],
+        }
     }
 
     pub fn tables(&self) -> TableWriter {
         let mut writer = TableWriter::new();
-        writer.apply(&self.transaction()).expect("the scaled world is valid");
+        writer
+            .apply(&self.transaction())
+            .expect("the scaled world is valid");
         writer
     }
 
@@ -675,7 +704,14 @@ impl ScaledWorld {
                             b = (a + subnets) % n;
                         }
                         let (_, dst) = self.endpoint(b);
-                        inner_udp(src_mac, self.endpoint_mac(b), src, dst, (1000, 2000), &UDP_PAYLOAD)
+                        inner_udp(
+                            src_mac,
+                            self.endpoint_mac(b),
+                            src,
+                            dst,
+                            (1000, 2000),
+                            &UDP_PAYLOAD,
+                        )
                     }
                     BenchPath::Route => {
                         let mut b = rng.below(n);
@@ -683,12 +719,26 @@ impl ScaledWorld {
                             b = (b + 1) % n;
                         }
                         let (_, dst) = self.endpoint(b);
-                        inner_udp(src_mac, Self::router_mac(sa), src, dst, (1000, 2000), &UDP_PAYLOAD)
+                        inner_udp(
+                            src_mac,
+                            Self::router_mac(sa),
+                            src,
+                            dst,
+                            (1000, 2000),
+                            &UDP_PAYLOAD,
+                        )
                     }
                     BenchPath::Dnat => {
                         let vip = Self::vip(rng.below(self.services));
                         let port = 1024 + rng.below(60_000) as u16;
-                        inner_tcp(src_mac, Self::router_mac(sa), src, vip, (port, 80), &TCP_PAYLOAD)
+                        inner_tcp(
+                            src_mac,
+                            Self::router_mac(sa),
+                            src,
+                            vip,
+                            (port, 80),
+                            &TCP_PAYLOAD,
+                        )
                     }
                     BenchPath::Arp => {
                         let (_, dst) = self.endpoint((a + subnets) % n);

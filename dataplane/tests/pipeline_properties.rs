@@ -68,18 +68,37 @@ fn arb_option() -> impl Strategy<Value = RawOption> {
     prop_oneof![
         (arb_addr(), arb_addr()).prop_map(|(e, h)| RawOption::host_hint(e, h)),
         Just(RawOption::direct()),
-        (arb_addr(), any::<u16>(), any::<u8>()).prop_map(|(v, p, t)| RawOption::service_orig(v, p, t)),
+        (arb_addr(), any::<u16>(), any::<u8>())
+            .prop_map(|(v, p, t)| RawOption::service_orig(v, p, t)),
         arb_addr().prop_map(RawOption::stale),
-        (any::<u16>(), 0..0x7fu8, prop::collection::vec(any::<u8>(), 0..3))
-            .prop_map(|(class, kind, words)| RawOption { class, kind, body: words.iter().flat_map(|w| [*w; 4]).collect() }),
+        (
+            any::<u16>(),
+            0..0x7fu8,
+            prop::collection::vec(any::<u8>(), 0..3)
+        )
+            .prop_map(|(class, kind, words)| RawOption {
+                class,
+                kind,
+                body: words.iter().flat_map(|w| [*w; 4]).collect()
+            }),
     ]
 }
 
 fn arb_input() -> impl Strategy<Value = Input> {
     (
         prop_oneof![Just(VNI_A), Just(VNI_B), 1..300u32],
-        prop_oneof![Just((H1, H1_MAC)), Just((H2, H2_MAC)), Just((H3, H3_MAC)), Just((GW2, GW2_MAC))],
-        prop_oneof![Just(Kind::Udp), Just(Kind::Tcp), Just(Kind::Icmp), Just(Kind::Arp)],
+        prop_oneof![
+            Just((H1, H1_MAC)),
+            Just((H2, H2_MAC)),
+            Just((H3, H3_MAC)),
+            Just((GW2, GW2_MAC))
+        ],
+        prop_oneof![
+            Just(Kind::Udp),
+            Just(Kind::Tcp),
+            Just(Kind::Icmp),
+            Just(Kind::Arp)
+        ],
         (arb_addr(), arb_addr(), arb_mac(), arb_mac()),
         (
             prop_oneof![Just(VIP_TCP_PORT), Just(VIP_UDP_PORT), any::<u16>()],
@@ -89,26 +108,51 @@ fn arb_input() -> impl Strategy<Value = Input> {
         prop::collection::vec(any::<u8>(), 0..64),
         prop::collection::vec(arb_option(), 0..3),
     )
-        .prop_map(|(vni, from, kind, (src, dst, src_mac, dst_mac), (dport, sport), (ttl, zero), payload, options)| Input {
-            vni,
-            from,
-            kind,
-            src,
-            dst,
-            src_mac,
-            dst_mac,
-            ports: (sport, dport),
-            ttl,
-            zero_udp_checksum: zero,
-            payload,
-            options,
-        })
+        .prop_map(
+            |(
+                vni,
+                from,
+                kind,
+                (src, dst, src_mac, dst_mac),
+                (dport, sport),
+                (ttl, zero),
+                payload,
+                options,
+            )| Input {
+                vni,
+                from,
+                kind,
+                src,
+                dst,
+                src_mac,
+                dst_mac,
+                ports: (sport, dport),
+                ttl,
+                zero_udp_checksum: zero,
+                payload,
+                options,
+            },
+        )
 }
 
 fn build(input: &Input) -> Vec<u8> {
     let mut inner = match input.kind {
-        Kind::Udp => inner_udp(input.src_mac, input.dst_mac, input.src, input.dst, input.ports, &input.payload),
-        Kind::Tcp => inner_tcp(input.src_mac, input.dst_mac, input.src, input.dst, input.ports, &input.payload),
+        Kind::Udp => inner_udp(
+            input.src_mac,
+            input.dst_mac,
+            input.src,
+            input.dst,
+            input.ports,
+            &input.payload,
+        ),
+        Kind::Tcp => inner_tcp(
+            input.src_mac,
+            input.dst_mac,
+            input.src,
+            input.dst,
+            input.ports,
+            &input.payload,
+        ),
         Kind::Icmp => inner_icmp(input.src_mac, input.dst_mac, input.src, input.dst),
         Kind::Arp => inner_arp_request(input.src_mac, input.src, input.dst),
     };
@@ -134,7 +178,11 @@ fn run(tables: &Tables, packet: &[u8]) -> (Verdict, Vec<u8>) {
 /// Endpoints per VNI: (address, MAC, host).
 fn endpoints_of(vni: u32) -> &'static [(Ipv4Addr, MacAddr, Ipv4Addr)] {
     match vni {
-        VNI_A => &[(POD_A1, POD_A1_MAC, H1), (POD_A1B, POD_A1B_MAC, H2), (POD_A2, POD_A2_MAC, H3)],
+        VNI_A => &[
+            (POD_A1, POD_A1_MAC, H1),
+            (POD_A1B, POD_A1B_MAC, H2),
+            (POD_A2, POD_A2_MAC, H3),
+        ],
         VNI_B => &[(POD_B1, POD_B1_MAC, H3)],
         _ => &[],
     }
@@ -144,7 +192,10 @@ fn check_output(input: &Input, verdict: Verdict, out: &[u8]) -> Result<(), TestC
     if let Verdict::Drop(_) = verdict {
         return Ok(());
     }
-    prop_assert!(input.vni == VNI_A || input.vni == VNI_B, "a packet of an unknown VNI was sent on");
+    prop_assert!(
+        input.vni == VNI_A || input.vni == VNI_B,
+        "a packet of an unknown VNI was sent on"
+    );
     let d = decode(out).map_err(TestCaseError::fail)?;
     prop_assert_eq!(d.vni, input.vni, "VNI changed");
     prop_assert!(d.outer_ip_checksum_ok, "outer IPv4 checksum");
@@ -157,13 +208,18 @@ fn check_output(input: &Input, verdict: Verdict, out: &[u8]) -> Result<(), TestC
         let dst_mac = &d.inner[0..6];
         let gateways = [GW2, GW3];
         if !gateways.contains(&d.outer_dst) {
-            let own = endpoints_of(input.vni)
-                .iter()
-                .find(|(ip, _, _)| *ip == dst);
+            let own = endpoints_of(input.vni).iter().find(|(ip, _, _)| *ip == dst);
             let Some((_, mac, host)) = own else {
-                return Err(TestCaseError::fail(format!("delivered to {dst}, not an endpoint of VNI {}", input.vni)));
+                return Err(TestCaseError::fail(format!(
+                    "delivered to {dst}, not an endpoint of VNI {}",
+                    input.vni
+                )));
             };
-            prop_assert_eq!(dst_mac, &mac.0[..], "inner MAC of another tenant's endpoint");
+            prop_assert_eq!(
+                dst_mac,
+                &mac.0[..],
+                "inner MAC of another tenant's endpoint"
+            );
             prop_assert_eq!(d.outer_dst, *host);
         }
     }

@@ -38,7 +38,9 @@ pub(crate) fn respond(
         let endpoint = tables
             .endpoint(vpc.vni, target.to_bits())
             .ok_or(DropReason::ArpUnknownTarget)?;
-        let host = tables.host(endpoint.host).ok_or(DropReason::ArpUnknownTarget)?;
+        let host = tables
+            .host(endpoint.host)
+            .ok_or(DropReason::ArpUnknownTarget)?;
         let hint = SluiceOption::HostHint {
             endpoint: target,
             host: host.ip,

@@ -95,7 +95,9 @@ pub(crate) fn forward(
     let host_hint = match tables.endpoint(vni, src) {
         Some(source) => Some(SluiceOption::HostHint {
             endpoint: Ipv4Addr::from(src),
-            host: tables.host(source.host).map_or(Ipv4Addr::UNSPECIFIED, |h| h.ip),
+            host: tables
+                .host(source.host)
+                .map_or(Ipv4Addr::UNSPECIFIED, |h| h.ip),
         }),
         None => incoming_hint,
     };
@@ -241,7 +243,12 @@ fn read_u16(bytes: &[u8], offset: usize) -> u16 {
 
 #[inline]
 fn read_u32(bytes: &[u8], offset: usize) -> u32 {
-    u32::from_be_bytes([bytes[offset], bytes[offset + 1], bytes[offset + 2], bytes[offset + 3]])
+    u32::from_be_bytes([
+        bytes[offset],
+        bytes[offset + 1],
+        bytes[offset + 2],
+        bytes[offset + 3],
+    ])
 }
 
 #[inline]

@@ -66,7 +66,10 @@ pub(crate) fn parse(data: &[u8], local: &Local) -> Result<Outer, DropReason> {
     }
     let ip_header_len = usize::from(ip[ipv4::VER_IHL_OFFSET] & 0x0f) * 4;
     let ip_total_len = usize::from(be16(ip, ipv4::TOTAL_LEN_OFFSET));
-    if ip_header_len < ipv4::MIN_HEADER_LEN || ip_total_len < ip_header_len || ip_total_len > ip.len() {
+    if ip_header_len < ipv4::MIN_HEADER_LEN
+        || ip_total_len < ip_header_len
+        || ip_total_len > ip.len()
+    {
         return Err(DropReason::OuterIpv4Malformed);
     }
     // A header whose sum (checksum field included) is all ones is intact.
@@ -181,15 +184,67 @@ impl OuterTemplate {
     pub(crate) const fn new(ip: [u8; 4], mac: [u8; 6]) -> Self {
         let mut b = [0u8; OUTER_HEADERS_LEN];
         let [m0, m1, m2, m3, m4, m5] = mac;
-        let (e0, e1) = ((ethernet::ETHERTYPE_IPV4 >> 8) as u8, ethernet::ETHERTYPE_IPV4 as u8);
+        let (e0, e1) = (
+            (ethernet::ETHERTYPE_IPV4 >> 8) as u8,
+            ethernet::ETHERTYPE_IPV4 as u8,
+        );
         let (p0, p1) = ((GENEVE_UDP_PORT >> 8) as u8, GENEVE_UDP_PORT as u8);
-        let (g0, g1) = ((GENEVE_PROTO_ETHERNET >> 8) as u8, GENEVE_PROTO_ETHERNET as u8);
+        let (g0, g1) = (
+            (GENEVE_PROTO_ETHERNET >> 8) as u8,
+            GENEVE_PROTO_ETHERNET as u8,
+        );
         let [a, bb, c, d] = ip;
         let fixed: [u8; OUTER_HEADERS_LEN] = [
-            0, 0, 0, 0, 0, 0, m0, m1, m2, m3, m4, m5, e0, e1, // Ethernet
-            0x45, 0, 0, 0, 0, 0, (IPV4_FLAGS_DF >> 8) as u8, 0, OUTER_TTL, IPPROTO_UDP, 0, 0, a, bb, c, d, 0, 0, 0, 0, // IPv4
-            0, 0, p0, p1, 0, 0, 0, 0, // UDP, checksum 0
-            0, 0, g0, g1, 0, 0, 0, 0, // Geneve
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            m0,
+            m1,
+            m2,
+            m3,
+            m4,
+            m5,
+            e0,
+            e1, // Ethernet
+            0x45,
+            0,
+            0,
+            0,
+            0,
+            0,
+            (IPV4_FLAGS_DF >> 8) as u8,
+            0,
+            OUTER_TTL,
+            IPPROTO_UDP,
+            0,
+            0,
+            a,
+            bb,
+            c,
+            d,
+            0,
+            0,
+            0,
+            0, // IPv4
+            0,
+            0,
+            p0,
+            p1,
+            0,
+            0,
+            0,
+            0, // UDP, checksum 0
+            0,
+            0,
+            g0,
+            g1,
+            0,
+            0,
+            0,
+            0, // Geneve
         ];
         let mut i = 0;
         while i < OUTER_HEADERS_LEN {
@@ -215,11 +270,41 @@ fn write_option(area: &mut [u8], option: &SluiceOption) -> usize {
     let bytes = match *option {
         SluiceOption::HostHint { endpoint, host } => {
             let ([e0, e1, e2, e3], [h0, h1, h2, h3]) = (endpoint.octets(), host.octets());
-            [c0, c1, OPT_HOST_HINT, HOST_HINT_WORDS, e0, e1, e2, e3, h0, h1, h2, h3]
+            [
+                c0,
+                c1,
+                OPT_HOST_HINT,
+                HOST_HINT_WORDS,
+                e0,
+                e1,
+                e2,
+                e3,
+                h0,
+                h1,
+                h2,
+                h3,
+            ]
         }
-        SluiceOption::ServiceOrig { vip, port, protocol } => {
+        SluiceOption::ServiceOrig {
+            vip,
+            port,
+            protocol,
+        } => {
             let ([v0, v1, v2, v3], [p0, p1]) = (vip.octets(), port.to_be_bytes());
-            [c0, c1, OPT_SERVICE_ORIG, SERVICE_ORIG_WORDS, v0, v1, v2, v3, p0, p1, protocol, 0]
+            [
+                c0,
+                c1,
+                OPT_SERVICE_ORIG,
+                SERVICE_ORIG_WORDS,
+                v0,
+                v1,
+                v2,
+                v3,
+                p0,
+                p1,
+                protocol,
+                0,
+            ]
         }
         other => return other.emit(area),
     };
@@ -246,7 +331,9 @@ pub(crate) fn encap(
     let [first, second] = options;
     let options_len = first.map_or(0, |o| o.wire_len()) + second.map_or(0, |o| o.wire_len());
     let outer_len = OUTER_HEADERS_LEN + options_len;
-    let start = inner_start.checked_sub(outer_len).ok_or(DropReason::NoHeadroom)?;
+    let start = inner_start
+        .checked_sub(outer_len)
+        .ok_or(DropReason::NoHeadroom)?;
     let ip_total = outer_len - ethernet::HEADER_LEN + inner_len;
     let ip_total = u16::try_from(ip_total).map_err(|_| DropReason::NoHeadroom)?;
     let (base, option_area) = frame.buf_mut()[start..inner_start].split_at_mut(OUTER_HEADERS_LEN);

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use sluice_api::{Endpoint, Host, Ipv4Cidr, ObjectKey, Subnet, Vpc};
 
-use super::entries::{EndpointEntry, HostEntry, HostId, ServiceEntry, SubnetEntry, SubnetId, Tables, VpcEntry};
+use super::entries::{
+    EndpointEntry, HostEntry, HostId, ServiceEntry, SubnetEntry, SubnetId, Tables, VpcEntry,
+};
 use super::keys;
 use super::writer::{RejectKind, Rejected};
 
@@ -75,9 +77,7 @@ impl Tables {
     /// errors. Returns `Ok(false)` when the op would change nothing.
     pub(crate) fn check(&self, key: ObjectKey, op: &Op) -> Result<bool, Rejected> {
         match op {
-            Op::UpsertHost(host) => Ok(self
-                .host_by_ip(host.ip)
-                .is_none_or(|h| h.mac != host.mac)),
+            Op::UpsertHost(host) => Ok(self.host_by_ip(host.ip).is_none_or(|h| h.mac != host.mac)),
             Op::DeleteHost(ip) => match self.host_by_ip(*ip) {
                 None => Ok(false),
                 Some(h) if h.refs > 0 => Err(precondition(
@@ -149,7 +149,11 @@ impl Tables {
                 }
                 self.check_hosts_known(key, "bouncers", &subnet.bouncers)?;
                 let subnet_key = keys::subnet(vni, subnet.cidr.prefix_len(), subnet.cidr.first());
-                if let Some(old) = self.subnet_ids.get(&subnet_key).and_then(|id| self.subnets.get(*id)) {
+                if let Some(old) = self
+                    .subnet_ids
+                    .get(&subnet_key)
+                    .and_then(|id| self.subnets.get(*id))
+                {
                     return Ok(*old.subnet != **subnet);
                 }
                 if let Some(other) = self.overlapping_subnet(vpc, subnet.cidr) {
@@ -163,7 +167,11 @@ impl Tables {
             }
             Op::DeleteSubnet { vni, cidr } => {
                 let key_bits = keys::subnet(*vni, cidr.prefix_len(), cidr.first());
-                match self.subnet_ids.get(&key_bits).and_then(|id| self.subnets.get(*id)) {
+                match self
+                    .subnet_ids
+                    .get(&key_bits)
+                    .and_then(|id| self.subnets.get(*id))
+                {
                     None => Ok(false),
                     Some(s) if s.endpoints > 0 => Err(precondition(
                         key,
@@ -251,7 +259,10 @@ impl Tables {
             let len = 63 - lens.leading_zeros() as u8;
             lens &= !(1u64 << len);
             let network = cidr.first() & Ipv4Cidr::mask_for(len);
-            if self.subnet_ids.contains_key(&keys::subnet(vni, len, network)) {
+            if self
+                .subnet_ids
+                .contains_key(&keys::subnet(vni, len, network))
+            {
                 return Some(Ipv4Cidr::truncate(Ipv4Addr::from(network), len));
             }
         }
@@ -290,15 +301,25 @@ impl Tables {
         match op {
             Op::UpsertHost(host) => {
                 let ip = keys::ip(host.ip);
-                let existing = self.host_ids.get(&ip).and_then(|id| self.hosts.get_mut(*id));
+                let existing = self
+                    .host_ids
+                    .get(&ip)
+                    .and_then(|id| self.hosts.get_mut(*id));
                 match existing {
                     Some(entry) => {
-                        let old = Host { ip: host.ip, mac: entry.mac };
+                        let old = Host {
+                            ip: host.ip,
+                            mac: entry.mac,
+                        };
                         entry.mac = host.mac;
                         Op::UpsertHost(old)
                     }
                     None => {
-                        let entry = HostEntry { ip: host.ip, mac: host.mac, refs: 0 };
+                        let entry = HostEntry {
+                            ip: host.ip,
+                            mac: host.mac,
+                            refs: 0,
+                        };
                         let id = self.hosts.insert(entry);
                         self.host_ids.insert(ip, id);
                         Op::DeleteHost(host.ip)
@@ -306,7 +327,10 @@ impl Tables {
                 }
             }
             Op::DeleteHost(ip) => {
-                let removed = self.host_ids.remove(&keys::ip(ip)).and_then(|id| self.hosts.remove(id));
+                let removed = self
+                    .host_ids
+                    .remove(&keys::ip(ip))
+                    .and_then(|id| self.hosts.remove(id));
                 match removed {
                     Some(entry) => Op::UpsertHost(Host { ip, mac: entry.mac }),
                     None => Op::DeleteHost(ip),
@@ -339,7 +363,10 @@ impl Tables {
                 let cidr = subnet.cidr;
                 let key = keys::subnet(vni, cidr.prefix_len(), cidr.first());
                 self.host_refs(&subnet.bouncers, 1);
-                let existing = self.subnet_ids.get(&key).and_then(|id| self.subnets.get_mut(*id));
+                let existing = self
+                    .subnet_ids
+                    .get(&key)
+                    .and_then(|id| self.subnets.get_mut(*id));
                 let old = match existing {
                     Some(entry) => Some(entry.set_subnet(subnet)),
                     None => {
@@ -364,7 +391,10 @@ impl Tables {
             }
             Op::DeleteSubnet { vni, cidr } => {
                 let key = keys::subnet(vni, cidr.prefix_len(), cidr.first());
-                let removed = self.subnet_ids.remove(&key).and_then(|id| self.subnets.remove(id));
+                let removed = self
+                    .subnet_ids
+                    .remove(&key)
+                    .and_then(|id| self.subnets.remove(id));
                 match removed {
                     Some(entry) => {
                         if let Some(vpc) = self.vpcs.get_mut(&vni) {
@@ -385,16 +415,27 @@ impl Tables {
                 let vni = ep.vni.get();
                 let ip = keys::ip(ep.ip);
                 // `check` made sure both exist.
-                let (Some(&host), Some(subnet)) = (self.host_ids.get(&keys::ip(ep.host)), self.subnet_id_for(vni, ip)) else {
+                let (Some(&host), Some(subnet)) = (
+                    self.host_ids.get(&keys::ip(ep.host)),
+                    self.subnet_id_for(vni, ip),
+                ) else {
                     return Op::DeleteEndpoint { vni, ip };
                 };
                 self.host_ref_id(host, 1);
-                let new = EndpointEntry { mac: ep.mac, host, subnet };
+                let new = EndpointEntry {
+                    mac: ep.mac,
+                    host,
+                    subnet,
+                };
                 match self.endpoints.insert(keys::endpoint(vni, ip), new) {
                     Some(old) => {
                         self.host_ref_id(old.host, -1);
                         let old_host = self.hosts.get(old.host).map_or(ep.host, |h| h.ip);
-                        Op::UpsertEndpoint(Endpoint { mac: old.mac, host: old_host, ..ep })
+                        Op::UpsertEndpoint(Endpoint {
+                            mac: old.mac,
+                            host: old_host,
+                            ..ep
+                        })
                     }
                     None => {
                         self.count_endpoint(subnet, 1);
@@ -460,7 +501,10 @@ impl Tables {
         while lens != 0 {
             let len = 63 - lens.leading_zeros() as u8;
             lens &= !(1u64 << len);
-            if let Some(id) = self.subnet_ids.get(&keys::subnet(vni, len, ip & Ipv4Cidr::mask_for(len))) {
+            if let Some(id) =
+                self.subnet_ids
+                    .get(&keys::subnet(vni, len, ip & Ipv4Cidr::mask_for(len)))
+            {
                 return Some(*id);
             }
         }

@@ -12,8 +12,8 @@ use hashbrown::HashMap;
 use sluice_api::{Endpoint, Host, Ipv4Cidr, MacAddr, Object, ObjectKey, Service, Subnet, Vni, Vpc};
 
 use super::keys;
-use super::slab::Slab;
 use super::maglev::{MaglevBackend, MaglevTable};
+use super::slab::Slab;
 
 /// A VPC as the packet path sees it.
 #[derive(Clone, Debug)]
@@ -278,12 +278,24 @@ impl Tables {
                 Some(Object::Subnet((*subnet.subnet).clone()))
             }
             ObjectKey::Endpoint { vni, ip } => {
-                let entry = self.endpoints.get(&keys::endpoint(vni.get(), keys::ip(ip)))?;
+                let entry = self
+                    .endpoints
+                    .get(&keys::endpoint(vni.get(), keys::ip(ip)))?;
                 self.endpoint_object(vni, ip, entry)
             }
-            ObjectKey::Service { vni, vip, port, protocol } => self
+            ObjectKey::Service {
+                vni,
+                vip,
+                port,
+                protocol,
+            } => self
                 .services
-                .get(&keys::service(vni.get(), keys::ip(vip), port, protocol.number()))
+                .get(&keys::service(
+                    vni.get(),
+                    keys::ip(vip),
+                    port,
+                    protocol.number(),
+                ))
                 .map(|s| Object::Service(s.service.clone())),
         }
     }
@@ -301,7 +313,10 @@ impl Tables {
     pub fn objects(&self) -> impl Iterator<Item = Object> + '_ {
         let hosts = self.host_ids.values().filter_map(|id| {
             let host = self.hosts.get(*id)?;
-            Some(Object::Host(Host { ip: host.ip, mac: host.mac }))
+            Some(Object::Host(Host {
+                ip: host.ip,
+                mac: host.mac,
+            }))
         });
         let vpcs = self.vpcs.values().map(|v| Object::Vpc((*v.vpc).clone()));
         let subnets = self

@@ -92,7 +92,9 @@ pub const ENTRIES_PER_BACKEND: usize = 400;
 /// Memory: 2 bytes an entry, so 32 KiB for a service of up to 40 backends and 128 KiB
 /// for one of 100.
 pub fn table_size_for(backends: usize) -> usize {
-    let wanted = backends.saturating_mul(ENTRIES_PER_BACKEND).max(MIN_TABLE_SIZE);
+    let wanted = backends
+        .saturating_mul(ENTRIES_PER_BACKEND)
+        .max(MIN_TABLE_SIZE);
     TABLE_SIZE_LADDER
         .iter()
         .copied()

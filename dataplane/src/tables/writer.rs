@@ -280,11 +280,17 @@ mod tests {
     }
 
     fn upsert(objects: Vec<Object>) -> Transaction {
-        Transaction { upserts: objects, deletes: vec![] }
+        Transaction {
+            upserts: objects,
+            deletes: vec![],
+        }
     }
 
     fn delete(keys: Vec<ObjectKey>) -> Transaction {
-        Transaction { upserts: vec![], deletes: keys }
+        Transaction {
+            upserts: vec![],
+            deletes: keys,
+        }
     }
 
     fn subnet(vni_value: u32, cidr: &str, bouncer: Ipv4Addr) -> Object {
@@ -322,66 +328,192 @@ mod tests {
     #[test]
     fn bad_transactions_are_rejected_whole_naming_item_and_field() {
         use RejectKind::*;
-        let subnet_key = |cidr: &str| ObjectKey::Subnet { vni: vni(VNI_A), cidr: cidr.parse().unwrap() };
+        let subnet_key = |cidr: &str| ObjectKey::Subnet {
+            vni: vni(VNI_A),
+            cidr: cidr.parse().unwrap(),
+        };
         let cases: Vec<(&str, Transaction, RejectKind, &str)> = vec![
-            ("prefix too long for a subnet", upsert(vec![good_endpoint(), subnet(VNI_A, "10.0.9.0/31", GW)]), InvalidArgument, "cidr"),
-            ("subnet outside its VPC", upsert(vec![good_endpoint(), subnet(VNI_A, "10.1.0.0/24", GW)]), InvalidArgument, "cidr"),
-            ("subnet inside another", upsert(vec![good_endpoint(), subnet(VNI_A, "10.0.1.128/25", GW)]), InvalidArgument, "cidr"),
-            ("subnet around another", upsert(vec![good_endpoint(), subnet(VNI_A, "10.0.0.0/20", GW)]), InvalidArgument, "cidr"),
-            ("subnet of an unknown VNI", upsert(vec![good_endpoint(), subnet(999, "10.0.1.0/24", GW)]), InvalidArgument, "vni"),
-            ("bouncer not a known host", upsert(vec![good_endpoint(), subnet(VNI_A, "10.0.9.0/24", Ipv4Addr::new(198, 18, 9, 9))]), InvalidArgument, "bouncers[0]"),
-            ("endpoint outside every subnet", upsert(vec![good_endpoint(), endpoint(VNI_A, [10, 0, 200, 1], H1)]), InvalidArgument, "ip"),
-            ("endpoint on the router address", upsert(vec![good_endpoint(), endpoint(VNI_A, [10, 0, 1, 1], H1)]), InvalidArgument, "ip"),
-            ("endpoint on the broadcast address", upsert(vec![good_endpoint(), endpoint(VNI_A, [10, 0, 1, 255], H1)]), InvalidArgument, "ip"),
-            ("endpoint on an unknown host", upsert(vec![good_endpoint(), endpoint(VNI_A, [10, 0, 1, 60], Ipv4Addr::new(198, 18, 9, 9))]), InvalidArgument, "host"),
-            ("endpoint of an unknown VNI", upsert(vec![good_endpoint(), endpoint(777, [10, 0, 1, 60], H1)]), InvalidArgument, "vni"),
+            (
+                "prefix too long for a subnet",
+                upsert(vec![good_endpoint(), subnet(VNI_A, "10.0.9.0/31", GW)]),
+                InvalidArgument,
+                "cidr",
+            ),
+            (
+                "subnet outside its VPC",
+                upsert(vec![good_endpoint(), subnet(VNI_A, "10.1.0.0/24", GW)]),
+                InvalidArgument,
+                "cidr",
+            ),
+            (
+                "subnet inside another",
+                upsert(vec![good_endpoint(), subnet(VNI_A, "10.0.1.128/25", GW)]),
+                InvalidArgument,
+                "cidr",
+            ),
+            (
+                "subnet around another",
+                upsert(vec![good_endpoint(), subnet(VNI_A, "10.0.0.0/20", GW)]),
+                InvalidArgument,
+                "cidr",
+            ),
+            (
+                "subnet of an unknown VNI",
+                upsert(vec![good_endpoint(), subnet(999, "10.0.1.0/24", GW)]),
+                InvalidArgument,
+                "vni",
+            ),
+            (
+                "bouncer not a known host",
+                upsert(vec![
+                    good_endpoint(),
+                    subnet(VNI_A, "10.0.9.0/24", Ipv4Addr::new(198, 18, 9, 9)),
+                ]),
+                InvalidArgument,
+                "bouncers[0]",
+            ),
+            (
+                "endpoint outside every subnet",
+                upsert(vec![good_endpoint(), endpoint(VNI_A, [10, 0, 200, 1], H1)]),
+                InvalidArgument,
+                "ip",
+            ),
+            (
+                "endpoint on the router address",
+                upsert(vec![good_endpoint(), endpoint(VNI_A, [10, 0, 1, 1], H1)]),
+                InvalidArgument,
+                "ip",
+            ),
+            (
+                "endpoint on the broadcast address",
+                upsert(vec![good_endpoint(), endpoint(VNI_A, [10, 0, 1, 255], H1)]),
+                InvalidArgument,
+                "ip",
+            ),
+            (
+                "endpoint on an unknown host",
+                upsert(vec![
+                    good_endpoint(),
+                    endpoint(VNI_A, [10, 0, 1, 60], Ipv4Addr::new(198, 18, 9, 9)),
+                ]),
+                InvalidArgument,
+                "host",
+            ),
+            (
+                "endpoint of an unknown VNI",
+                upsert(vec![good_endpoint(), endpoint(777, [10, 0, 1, 60], H1)]),
+                InvalidArgument,
+                "vni",
+            ),
             (
                 "duplicate VIP in one transaction",
-                upsert(vec![good_endpoint(), service([10, 96, 1, 1], vec![]), service([10, 96, 1, 1], vec![])]),
+                upsert(vec![
+                    good_endpoint(),
+                    service([10, 96, 1, 1], vec![]),
+                    service([10, 96, 1, 1], vec![]),
+                ]),
                 InvalidArgument,
                 "key",
             ),
-            ("VIP outside the service CIDR", upsert(vec![good_endpoint(), service([10, 0, 1, 200], vec![])]), InvalidArgument, "vip"),
+            (
+                "VIP outside the service CIDR",
+                upsert(vec![good_endpoint(), service([10, 0, 1, 200], vec![])]),
+                InvalidArgument,
+                "vip",
+            ),
             (
                 "backend outside the VPC",
-                upsert(vec![good_endpoint(), service([10, 96, 1, 1], vec![Backend { ip: Ipv4Addr::new(10, 9, 0, 1), port: 1, weight: 1 }])]),
+                upsert(vec![
+                    good_endpoint(),
+                    service(
+                        [10, 96, 1, 1],
+                        vec![Backend {
+                            ip: Ipv4Addr::new(10, 9, 0, 1),
+                            port: 1,
+                            weight: 1,
+                        }],
+                    ),
+                ]),
                 InvalidArgument,
                 "backends[0].ip",
             ),
             (
                 "backend weight over the limit",
-                upsert(vec![good_endpoint(), service([10, 96, 1, 1], vec![Backend { ip: POD_A1, port: 1, weight: 1_000_000 }])]),
+                upsert(vec![
+                    good_endpoint(),
+                    service(
+                        [10, 96, 1, 1],
+                        vec![Backend {
+                            ip: POD_A1,
+                            port: 1,
+                            weight: 1_000_000,
+                        }],
+                    ),
+                ]),
                 InvalidArgument,
                 "backends[0].weight",
             ),
             (
                 "divider not a known host",
-                upsert(vec![good_endpoint(), Object::Vpc(Vpc {
-                    vni: vni(300),
-                    cidr: "10.0.0.0/16".parse().unwrap(),
-                    service_cidr: "10.96.0.0/12".parse().unwrap(),
-                    dividers: vec![Ipv4Addr::new(198, 18, 9, 9)],
-                })]),
+                upsert(vec![
+                    good_endpoint(),
+                    Object::Vpc(Vpc {
+                        vni: vni(300),
+                        cidr: "10.0.0.0/16".parse().unwrap(),
+                        service_cidr: "10.96.0.0/12".parse().unwrap(),
+                        dividers: vec![Ipv4Addr::new(198, 18, 9, 9)],
+                    }),
+                ]),
                 InvalidArgument,
                 "dividers[0]",
             ),
             (
                 "VPC cidr changed under its subnets",
-                upsert(vec![good_endpoint(), Object::Vpc(Vpc {
-                    vni: vni(VNI_A),
-                    cidr: "10.0.0.0/8".parse().unwrap(),
-                    service_cidr: "192.168.0.0/16".parse().unwrap(),
-                    dividers: vec![GW2],
-                })]),
+                upsert(vec![
+                    good_endpoint(),
+                    Object::Vpc(Vpc {
+                        vni: vni(VNI_A),
+                        cidr: "10.0.0.0/8".parse().unwrap(),
+                        service_cidr: "192.168.0.0/16".parse().unwrap(),
+                        dividers: vec![GW2],
+                    }),
+                ]),
                 FailedPrecondition,
                 "cidr",
             ),
-            ("subnet deleted with endpoints", Transaction { upserts: vec![good_endpoint()], deletes: vec![subnet_key("10.0.1.0/24")] }, FailedPrecondition, "cidr"),
-            ("VPC deleted with subnets", Transaction { upserts: vec![good_endpoint()], deletes: vec![ObjectKey::Vpc { vni: vni(VNI_B) }] }, FailedPrecondition, "vni"),
-            ("host deleted while in use", Transaction { upserts: vec![good_endpoint()], deletes: vec![ObjectKey::Host { ip: H3 }] }, FailedPrecondition, "ip"),
+            (
+                "subnet deleted with endpoints",
+                Transaction {
+                    upserts: vec![good_endpoint()],
+                    deletes: vec![subnet_key("10.0.1.0/24")],
+                },
+                FailedPrecondition,
+                "cidr",
+            ),
+            (
+                "VPC deleted with subnets",
+                Transaction {
+                    upserts: vec![good_endpoint()],
+                    deletes: vec![ObjectKey::Vpc { vni: vni(VNI_B) }],
+                },
+                FailedPrecondition,
+                "vni",
+            ),
+            (
+                "host deleted while in use",
+                Transaction {
+                    upserts: vec![good_endpoint()],
+                    deletes: vec![ObjectKey::Host { ip: H3 }],
+                },
+                FailedPrecondition,
+                "ip",
+            ),
             (
                 "the same key upserted and deleted",
-                Transaction { upserts: vec![good_endpoint()], deletes: vec![good_endpoint().key()] },
+                Transaction {
+                    upserts: vec![good_endpoint()],
+                    deletes: vec![good_endpoint().key()],
+                },
                 InvalidArgument,
                 "key",
             ),
@@ -392,21 +524,31 @@ mod tests {
             let before = objects(reader.load());
             let generation = writer.generation();
             let err = writer.apply(&txn).expect_err(what);
-            assert_eq!((err.kind, err.field.as_str()), (kind, field), "{what}: {err}");
+            assert_eq!(
+                (err.kind, err.field.as_str()),
+                (kind, field),
+                "{what}: {err}"
+            );
             assert_eq!(writer.generation(), generation, "{what}: nothing published");
             assert_eq!(objects(reader.load()), before, "{what}: nothing applied");
             // The spare copy was rolled back too: the next good transaction sees no trace.
             writer.apply(&upsert(vec![good_endpoint()])).unwrap();
             let mut want = before.clone();
             want.insert(good_endpoint().key(), good_endpoint());
-            assert_eq!(objects(reader.load()), want, "{what}: rollback left a trace");
+            assert_eq!(
+                objects(reader.load()),
+                want,
+                "{what}: rollback left a trace"
+            );
         }
     }
 
     #[test]
     fn errors_read_as_item_field_reason() {
         let mut writer = world_tables();
-        let err = writer.apply(&upsert(vec![endpoint(VNI_A, [10, 0, 200, 1], H1)])).unwrap_err();
+        let err = writer
+            .apply(&upsert(vec![endpoint(VNI_A, [10, 0, 200, 1], H1)]))
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "endpoint 10.0.200.1 in VNI 100: ip: 10.0.200.1 is outside every subnet of VPC 100"
@@ -419,9 +561,22 @@ mod tests {
         let generation = writer.generation();
         assert_eq!(generation, 1);
         assert_eq!(writer.apply(&world()).unwrap(), generation);
-        assert_eq!(writer.apply(&delete(vec![ObjectKey::Host { ip: Ipv4Addr::new(198, 18, 7, 7) }])).unwrap(), generation);
-        assert_eq!(writer.apply(&upsert(vec![good_endpoint()])).unwrap(), generation + 1);
-        assert_eq!(writer.apply(&upsert(vec![good_endpoint()])).unwrap(), generation + 1);
+        assert_eq!(
+            writer
+                .apply(&delete(vec![ObjectKey::Host {
+                    ip: Ipv4Addr::new(198, 18, 7, 7)
+                }]))
+                .unwrap(),
+            generation
+        );
+        assert_eq!(
+            writer.apply(&upsert(vec![good_endpoint()])).unwrap(),
+            generation + 1
+        );
+        assert_eq!(
+            writer.apply(&upsert(vec![good_endpoint()])).unwrap(),
+            generation + 1
+        );
     }
 
     #[test]
@@ -456,10 +611,18 @@ mod tests {
                 checks
             })
         };
-        writer.apply(&upsert(vec![endpoint(VNI_A, [10, 0, 1, 10], H1), endpoint(VNI_A, [10, 0, 1, 11], H1)])).unwrap();
+        writer
+            .apply(&upsert(vec![
+                endpoint(VNI_A, [10, 0, 1, 10], H1),
+                endpoint(VNI_A, [10, 0, 1, 11], H1),
+            ]))
+            .unwrap();
         for i in 0..2_000 {
             let host = [H1, H2, H3][i % 3];
-            let txn = upsert(vec![endpoint(VNI_A, [10, 0, 1, 10], host), endpoint(VNI_A, [10, 0, 1, 11], host)]);
+            let txn = upsert(vec![
+                endpoint(VNI_A, [10, 0, 1, 10], host),
+                endpoint(VNI_A, [10, 0, 1, 11], host),
+            ]);
             writer.apply(&txn).unwrap();
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -474,8 +637,12 @@ mod tests {
         let held = writer.snapshot(); // pins the published copy, which becomes the spare
         writer.apply(&upsert(vec![good_endpoint()])).unwrap();
         let held_again = writer.snapshot();
-        writer.apply(&upsert(vec![endpoint(VNI_A, [10, 0, 2, 51], H1)])).unwrap();
-        writer.apply(&upsert(vec![endpoint(VNI_A, [10, 0, 2, 52], H1)])).unwrap();
+        writer
+            .apply(&upsert(vec![endpoint(VNI_A, [10, 0, 2, 51], H1)]))
+            .unwrap();
+        writer
+            .apply(&upsert(vec![endpoint(VNI_A, [10, 0, 2, 52], H1)]))
+            .unwrap();
         assert_eq!(writer.snapshot().len_endpoints(), held.len_endpoints() + 3);
         drop((held, held_again));
     }
@@ -484,7 +651,10 @@ mod tests {
     fn arb_object() -> impl Strategy<Value = Object> {
         let hosts = [H1, H2, GW];
         prop_oneof![
-            (0..3usize, 0..2u8).prop_map(move |(h, m)| Object::Host(Host { ip: hosts[h], mac: MacAddr([2, 0, 0, 0, m, h as u8]) })),
+            (0..3usize, 0..2u8).prop_map(move |(h, m)| Object::Host(Host {
+                ip: hosts[h],
+                mac: MacAddr([2, 0, 0, 0, m, h as u8])
+            })),
             (0..2u32, 0..2usize, 0..3usize).prop_map(move |(v, c, d)| Object::Vpc(Vpc {
                 vni: vni(10 + v),
                 cidr: ["10.0.0.0/16", "10.0.0.0/8"][c].parse().unwrap(),
@@ -492,30 +662,58 @@ mod tests {
                 dividers: vec![hosts[d]],
             })),
             (0..2u32, 0..4usize, 0..3usize).prop_map(move |(v, c, b)| {
-                subnet(10 + v, ["10.0.1.0/24", "10.0.0.0/20", "10.0.1.128/25", "10.1.0.0/24"][c], hosts[b])
+                subnet(
+                    10 + v,
+                    ["10.0.1.0/24", "10.0.0.0/20", "10.0.1.128/25", "10.1.0.0/24"][c],
+                    hosts[b],
+                )
             }),
-            (0..2u32, 0..6u8, 0..3usize).prop_map(move |(v, i, h)| endpoint(10 + v, [10, 0, 1, 10 + i], hosts[h])),
+            (0..2u32, 0..6u8, 0..3usize).prop_map(move |(v, i, h)| endpoint(
+                10 + v,
+                [10, 0, 1, 10 + i],
+                hosts[h]
+            )),
             (0..2u32, 0..3u8, 0..3u8).prop_map(|(v, i, n)| Object::Service(Service {
                 vni: vni(10 + v),
                 vip: Ipv4Addr::new(172, 30, 0, i),
                 port: 80,
                 protocol: Protocol::Tcp,
-                backends: (0..n).map(|b| Backend { ip: Ipv4Addr::new(10, 0, 1, 10 + b), port: 8080, weight: 1 }).collect(),
+                backends: (0..n)
+                    .map(|b| Backend {
+                        ip: Ipv4Addr::new(10, 0, 1, 10 + b),
+                        port: 8080,
+                        weight: 1
+                    })
+                    .collect(),
             })),
         ]
     }
 
     fn arb_txn() -> impl Strategy<Value = Transaction> {
-        (prop::collection::vec(arb_object(), 0..5), prop::collection::vec(arb_object(), 0..3)).prop_map(|(ups, dels)| {
-            Transaction { upserts: ups, deletes: dels.iter().map(Object::key).collect() }
-        })
+        (
+            prop::collection::vec(arb_object(), 0..5),
+            prop::collection::vec(arb_object(), 0..3),
+        )
+            .prop_map(|(ups, dels)| Transaction {
+                upserts: ups,
+                deletes: dels.iter().map(Object::key).collect(),
+            })
     }
 
     /// What every accepted state must satisfy.
     fn check_invariants(tables: &Tables) -> Result<(), TestCaseError> {
         let objs = objects(tables);
         let host_known = |ip: &Ipv4Addr| objs.contains_key(&ObjectKey::Host { ip: *ip });
-        let subnets: Vec<&Subnet> = objs.values().filter_map(|o| if let Object::Subnet(s) = o { Some(s) } else { None }).collect();
+        let subnets: Vec<&Subnet> = objs
+            .values()
+            .filter_map(|o| {
+                if let Object::Subnet(s) = o {
+                    Some(s)
+                } else {
+                    None
+                }
+            })
+            .collect();
         for o in objs.values() {
             match o {
                 Object::Vpc(v) => prop_assert!(v.dividers.iter().all(host_known)),
@@ -525,16 +723,23 @@ mod tests {
                     prop_assert!(inside, "subnet outside its VPC");
                     prop_assert!(s.bouncers.iter().all(host_known));
                     for other in &subnets {
-                        prop_assert!(other.vni != s.vni || other.cidr == s.cidr || !other.cidr.overlaps(s.cidr));
+                        prop_assert!(
+                            other.vni != s.vni
+                                || other.cidr == s.cidr
+                                || !other.cidr.overlaps(s.cidr)
+                        );
                     }
                 }
                 Object::Endpoint(e) => {
                     prop_assert!(host_known(&e.host));
-                    prop_assert!(subnets.iter().any(|s| s.vni == e.vni && s.cidr.contains(e.ip)));
+                    prop_assert!(subnets
+                        .iter()
+                        .any(|s| s.vni == e.vni && s.cidr.contains(e.ip)));
                 }
                 Object::Service(s) => {
                     let vpc = objs.get(&ObjectKey::Vpc { vni: s.vni });
-                    let inside = matches!(vpc, Some(Object::Vpc(v)) if v.service_cidr.contains(s.vip));
+                    let inside =
+                        matches!(vpc, Some(Object::Vpc(v)) if v.service_cidr.contains(s.vip));
                     prop_assert!(inside, "VIP outside its VPC's service CIDR");
                 }
                 Object::Host(_) => {}
