@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use sluice_dataplane::pipeline::{process, Frame, Local, Verdict};
+use sluice_dataplane::pipeline::{process, process_batch, Frame, Local, Verdict};
 use sluice_dataplane::tables::Tables;
 use sluice_dataplane::testkit::*;
 
@@ -16,6 +16,8 @@ const FLOWS: usize = 1_000;
 const ROUNDS: usize = 31;
 /// Passes over the flow set per timed sample.
 const PASSES: usize = 20;
+/// Frames per call of `process_batch`, as an RX batch of the engine.
+const BATCH: usize = 32;
 
 struct Case {
     buffers: Vec<Vec<u8>>,
@@ -34,17 +36,31 @@ impl Case {
         }
     }
 
-    /// ns per packet for `PASSES` passes, restoring packets between passes (untimed).
-    fn sample(&mut self, tables: &Tables, local: &Local) -> f64 {
+    /// ns per packet for `PASSES` passes, restoring packets between passes (untimed);
+    /// one packet at a time, or in batches through `process_batch`.
+    fn sample(&mut self, tables: &Tables, local: &Local, batched: bool) -> f64 {
         let mut elapsed = 0u128;
+        let mut verdicts = [Verdict::Forward; BATCH];
         for _ in 0..PASSES {
             for (buf, pristine) in self.buffers.iter_mut().zip(&self.pristine) {
                 buf.copy_from_slice(pristine);
             }
+            let mut frames: Vec<Frame<'_>> = self
+                .buffers
+                .iter_mut()
+                .zip(&self.len)
+                .map(|(buf, len)| Frame::new(buf, HEADROOM, *len).expect("fits"))
+                .collect();
             let start = Instant::now();
-            for (buf, len) in self.buffers.iter_mut().zip(&self.len) {
-                let mut frame = Frame::new(buf, HEADROOM, *len).expect("fits");
-                black_box(process(tables, local, &mut frame));
+            if batched {
+                for chunk in frames.chunks_mut(BATCH) {
+                    process_batch(tables, local, chunk, &mut verdicts[..chunk.len()]);
+                    black_box(&verdicts);
+                }
+            } else {
+                for frame in frames.iter_mut() {
+                    black_box(process(tables, local, frame));
+                }
             }
             elapsed += start.elapsed().as_nanos();
         }
@@ -70,8 +86,8 @@ fn main() {
     let small_tables = small_world.tables().snapshot();
     let large_tables = large_world.tables().snapshot();
 
-    println!("| path | small ns/pkt | large ns/pkt | large/small |");
-    println!("|---|---|---|---|");
+    println!("| path | mode | small ns/pkt | large ns/pkt | large/small |");
+    println!("|---|---|---|---|---|");
     let mut json = Vec::new();
     for path in BenchPath::ALL {
         if !filter.is_empty() && !filter.iter().any(|f| path.name().contains(f.as_str())) {
@@ -90,20 +106,23 @@ fn main() {
                 assert_eq!(process(tables, &local, &mut frame), want, "{}", path.name());
             }
         }
-        let (mut s, mut l, mut r) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            let a = small.sample(&small_tables, &local);
-            let b = large.sample(&large_tables, &local);
-            s.push(a);
-            l.push(b);
-            r.push(b / a);
+        for (mode, batched) in [("one by one", false), ("batches of 32", true)] {
+            let (mut s, mut l, mut r) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                let a = small.sample(&small_tables, &local, batched);
+                let b = large.sample(&large_tables, &local, batched);
+                s.push(a);
+                l.push(b);
+                r.push(b / a);
+            }
+            let (s, l, r) = (median(&mut s), median(&mut l), median(&mut r));
+            println!("| {} | {mode} | {s:.1} | {l:.1} | {r:.2} |", path.name());
+            json.push(format!(
+                "\"{}{}\":{{\"small_ns\":{s:.2},\"large_ns\":{l:.2},\"ratio\":{r:.3}}}",
+                path.name(),
+                if batched { "_batched" } else { "" }
+            ));
         }
-        let (s, l, r) = (median(&mut s), median(&mut l), median(&mut r));
-        println!("| {} | {s:.1} | {l:.1} | {r:.2} |", path.name());
-        json.push(format!(
-            "\"{}\":{{\"small_ns\":{s:.2},\"large_ns\":{l:.2},\"ratio\":{r:.3}}}",
-            path.name()
-        ));
     }
     println!();
     println!("{{{}}}", json.join(","));

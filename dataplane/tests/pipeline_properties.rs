@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use sluice_api::MacAddr;
-use sluice_dataplane::pipeline::{process, Frame, Verdict};
+use sluice_dataplane::pipeline::{process, process_batch, Frame, Verdict};
 use sluice_dataplane::tables::Tables;
 use sluice_dataplane::testkit::*;
 
@@ -255,6 +255,33 @@ proptest! {
         let d = decode(&out).map_err(TestCaseError::fail)?;
         prop_assert_eq!(d.vni, arriving_vni);
         prop_assert!(d.outer_ip_checksum_ok);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// A batch gives each packet exactly the verdict and bytes `process` gives it alone.
+    #[test]
+    fn batches_decide_like_single_packets(inputs in prop::collection::vec(arb_input(), 1..48)) {
+        let writer = world_tables();
+        let tables = writer.snapshot();
+        let packets: Vec<Vec<u8>> = inputs.iter().map(build).collect();
+        let alone: Vec<(Verdict, Vec<u8>)> = packets.iter().map(|p| run(&tables, p)).collect();
+        let mut buffers: Vec<Vec<u8>> = packets.iter().map(|p| with_headroom(p)).collect();
+        let mut frames: Vec<Frame<'_>> = buffers
+            .iter_mut()
+            .zip(&packets)
+            .map(|(buf, p)| Frame::new(buf, HEADROOM, p.len()).unwrap())
+            .collect();
+        let mut verdicts = vec![Verdict::Forward; frames.len()];
+        process_batch(&tables, &local(), &mut frames, &mut verdicts);
+        for (i, (frame, verdict)) in frames.iter().zip(&verdicts).enumerate() {
+            prop_assert_eq!(*verdict, alone[i].0, "packet {}", i);
+            if *verdict != Verdict::Drop(sluice_dataplane::pipeline::DropReason::NoHeadroom) {
+                prop_assert_eq!(frame.data(), &alone[i].1[..], "packet {}", i);
+            }
+        }
     }
 }
 

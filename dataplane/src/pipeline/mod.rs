@@ -24,6 +24,7 @@ pub use frame::Frame;
 pub use ipv4::pair_hash;
 pub use verdict::{DropCounters, DropReason, Verdict};
 
+use crate::tables::maglev::flow_hash;
 use crate::tables::Tables;
 use crate::wire::ethernet;
 use outer::Encap;
@@ -64,6 +65,93 @@ pub fn process(tables: &Tables, local: &Local, frame: &mut Frame<'_>) -> Verdict
         Ok(verdict) => verdict,
         Err(reason) => Verdict::Drop(reason),
     }
+}
+
+/// Processes a batch: `verdicts[i]` becomes the verdict of `frames[i]`, exactly as
+/// [`process`] would decide it. First every packet's endpoint slots are loaded, so that
+/// their cache misses overlap instead of stalling one packet after another; then each
+/// packet is processed. With large tables this is what keeps the cost per packet near
+/// the small-table cost.
+pub fn process_batch(
+    tables: &Tables,
+    local: &Local,
+    frames: &mut [Frame<'_>],
+    verdicts: &mut [Verdict],
+) {
+    let mut sink = 0u64;
+    let mut vpc: Option<&crate::tables::VpcEntry> = None;
+    for frame in frames.iter() {
+        let Some(flow) = peek_flow(frame.data()) else {
+            continue;
+        };
+        sink ^=
+            tables.touch_endpoint(flow.vni, flow.dst) ^ tables.touch_endpoint(flow.vni, flow.src);
+        if vpc.is_none_or(|v| v.vni != flow.vni) {
+            vpc = tables.vpc(flow.vni);
+        }
+        // A service packet: resolve its backend now too, so that the service entry, its
+        // Maglev slot and the backend's endpoint slot are in cache for the real pass.
+        if let (Some(v), Some((src_port, dst_port, protocol))) = (vpc, flow.ports) {
+            if v.is_service_ip(flow.dst) {
+                let backend = tables
+                    .service(flow.vni, flow.dst, dst_port, protocol)
+                    .and_then(|service| {
+                        service.pick(flow_hash(
+                            flow.src.into(),
+                            flow.dst.into(),
+                            src_port,
+                            dst_port,
+                            protocol,
+                        ))
+                    });
+                if let Some((ip, _)) = backend {
+                    sink ^= tables.touch_endpoint(flow.vni, ip.to_bits());
+                }
+            }
+        }
+    }
+    std::hint::black_box(sink);
+    for (frame, verdict) in frames.iter_mut().zip(verdicts.iter_mut()) {
+        *verdict = process(tables, local, frame);
+    }
+}
+
+/// What [`process_batch`] reads of a packet before processing it.
+struct PeekedFlow {
+    vni: u32,
+    src: u32,
+    dst: u32,
+    /// Source port, destination port and protocol, for TCP and UDP.
+    ports: Option<(u16, u16, u8)>,
+}
+
+/// The flow of a packet read at the offsets a well-formed packet has, without validating
+/// anything: only a hint for [`process_batch`]'s loads.
+#[inline(always)]
+fn peek_flow(data: &[u8]) -> Option<PeekedFlow> {
+    const GENEVE_AFTER_IP: usize = 8;
+    let ip_len = usize::from(*data.get(ethernet::HEADER_LEN)? & 0x0f) * 4;
+    let geneve = ethernet::HEADER_LEN + ip_len + GENEVE_AFTER_IP;
+    let options = usize::from(*data.get(geneve)? & 0x3f) * 4;
+    let inner_ip = geneve + 8 + options + ethernet::HEADER_LEN;
+    let vni = data.get(geneve + 4..geneve + 7)?;
+    let header = data.get(inner_ip..inner_ip + 20)?;
+    let protocol = header[9];
+    let l4 = inner_ip + usize::from(header[0] & 0x0f) * 4;
+    let ports = match (protocol, data.get(l4..l4 + 4)) {
+        (6 | 17, Some(p)) => Some((
+            u16::from_be_bytes([p[0], p[1]]),
+            u16::from_be_bytes([p[2], p[3]]),
+            protocol,
+        )),
+        _ => None,
+    };
+    Some(PeekedFlow {
+        vni: u32::from_be_bytes([0, vni[0], vni[1], vni[2]]),
+        src: u32::from_be_bytes([header[12], header[13], header[14], header[15]]),
+        dst: u32::from_be_bytes([header[16], header[17], header[18], header[19]]),
+        ports,
+    })
 }
 
 #[inline]

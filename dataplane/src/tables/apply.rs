@@ -443,25 +443,26 @@ impl Tables {
                     }
                 }
             }
-            Op::DeleteEndpoint { vni, ip } => match self.endpoints.remove(&keys::endpoint(vni, ip))
-            {
-                Some(old) => {
-                    self.count_endpoint(old.subnet, -1);
-                    self.host_ref_id(old.host, -1);
-                    let host = self.hosts.get(old.host).map(|h| h.ip);
-                    match (sluice_api::Vni::new(vni), host) {
-                        (Ok(vni), Some(host)) => Op::UpsertEndpoint(Endpoint {
-                            vni,
-                            ip: Ipv4Addr::from(ip),
-                            mac: old.mac,
-                            host,
-                        }),
-                        // Keys hold valid VNIs, and a host outlives its endpoints.
-                        _ => Op::DeleteEndpoint { vni, ip },
+            Op::DeleteEndpoint { vni, ip } => {
+                match self.endpoints.remove(keys::endpoint(vni, ip)) {
+                    Some(old) => {
+                        self.count_endpoint(old.subnet, -1);
+                        self.host_ref_id(old.host, -1);
+                        let host = self.hosts.get(old.host).map(|h| h.ip);
+                        match (sluice_api::Vni::new(vni), host) {
+                            (Ok(vni), Some(host)) => Op::UpsertEndpoint(Endpoint {
+                                vni,
+                                ip: Ipv4Addr::from(ip),
+                                mac: old.mac,
+                                host,
+                            }),
+                            // Keys hold valid VNIs, and a host outlives its endpoints.
+                            _ => Op::DeleteEndpoint { vni, ip },
+                        }
                     }
+                    None => Op::DeleteEndpoint { vni, ip },
                 }
-                None => Op::DeleteEndpoint { vni, ip },
-            },
+            }
             Op::UpsertService(entry) => {
                 let svc = &entry.service;
                 let vni = svc.vni.get();

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 use sluice_api::{Endpoint, Host, Ipv4Cidr, MacAddr, Object, ObjectKey, Service, Subnet, Vni, Vpc};
 
+use super::endpoints::EndpointTable;
 use super::keys;
 use super::maglev::{MaglevBackend, MaglevTable};
 use super::slab::Slab;
@@ -178,7 +179,7 @@ pub struct Tables {
     pub(crate) vpcs: HashMap<u32, VpcEntry>,
     pub(crate) subnet_ids: HashMap<u64, SubnetId>,
     pub(crate) subnets: Slab<SubnetEntry>,
-    pub(crate) endpoints: HashMap<u64, EndpointEntry>,
+    pub(crate) endpoints: EndpointTable,
     pub(crate) services: HashMap<u128, Arc<ServiceEntry>>,
     pub(crate) generation: u64,
 }
@@ -211,9 +212,16 @@ impl Tables {
         None
     }
 
+    /// Loads the slot where the endpoint (vni, ip) would be, so that a lookup soon after
+    /// hits the cache; returns a meaningless value for `std::hint::black_box`.
+    #[inline(always)]
+    pub fn touch_endpoint(&self, vni: u32, ip: u32) -> u64 {
+        self.endpoints.touch(keys::endpoint(vni, ip))
+    }
+
     #[inline]
     pub fn endpoint(&self, vni: u32, ip: u32) -> Option<&EndpointEntry> {
-        self.endpoints.get(&keys::endpoint(vni, ip))
+        self.endpoints.get(keys::endpoint(vni, ip))
     }
 
     #[inline]
@@ -280,7 +288,7 @@ impl Tables {
             ObjectKey::Endpoint { vni, ip } => {
                 let entry = self
                     .endpoints
-                    .get(&keys::endpoint(vni.get(), keys::ip(ip)))?;
+                    .get(keys::endpoint(vni.get(), keys::ip(ip)))?;
                 self.endpoint_object(vni, ip, entry)
             }
             ObjectKey::Service {
@@ -326,7 +334,7 @@ impl Tables {
         let endpoints = self.endpoints.iter().filter_map(|(key, entry)| {
             // Keys are built from valid VNIs only.
             let vni = Vni::new((key >> 32) as u32).ok()?;
-            self.endpoint_object(vni, Ipv4Addr::from(*key as u32), entry)
+            self.endpoint_object(vni, Ipv4Addr::from(key as u32), entry)
         });
         let services = self
             .services

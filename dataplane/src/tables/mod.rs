@@ -15,6 +15,7 @@
 //! [`Transaction`]: sluice_api::Transaction
 
 mod apply;
+mod endpoints;
 mod entries;
 mod keys;
 pub mod maglev;

@@ -130,6 +130,9 @@ impl TableWriter {
     pub fn apply(&mut self, txn: &Transaction) -> Result<u64, Rejected> {
         let ops = prepare(txn)?;
         let spare = self.claim_spare();
+        spare
+            .endpoints
+            .reserve(endpoint_upserts(ops.iter().map(|(_, op)| op)));
         let mut undo = Vec::with_capacity(ops.len());
         let mut applied = Vec::with_capacity(ops.len());
         for (key, op) in ops {
@@ -178,10 +181,12 @@ impl TableWriter {
             }
         }
         let backlog = std::mem::take(&mut self.backlog);
+        let growth = endpoint_upserts(backlog.iter());
         let published_generation = self.shared.load().generation;
         let Some(spare) = Arc::get_mut(&mut self.spare) else {
             unreachable!("the spare copy was just made exclusive")
         };
+        spare.endpoints.reserve(growth);
         for op in backlog {
             spare.apply(op);
         }
@@ -253,6 +258,11 @@ fn prepare(txn: &Transaction) -> Result<Vec<(ObjectKey, Op)>, Rejected> {
     }
     ranked.sort_by_key(|(rank, _, _)| *rank);
     Ok(ranked.into_iter().map(|(_, key, op)| (key, op)).collect())
+}
+
+/// How many endpoint upserts `ops` holds: room to reserve before applying them.
+fn endpoint_upserts<'a>(ops: impl Iterator<Item = &'a Op>) -> usize {
+    ops.filter(|op| matches!(op, Op::UpsertEndpoint(_))).count()
 }
 
 fn duplicate(key: ObjectKey) -> Rejected {
