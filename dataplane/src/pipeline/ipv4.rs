@@ -11,23 +11,18 @@
 
 use std::net::Ipv4Addr;
 
+use super::bytes::{read_u16, read_u32, write_u16, IPPROTO_TCP, IPPROTO_UDP, IPV4_FRAGMENT_MASK};
 use super::verdict::DropReason;
 use super::Local;
 use crate::tables::maglev::flow_hash;
 use crate::tables::{SubnetEntry, Tables, VpcEntry};
 use crate::wire::geneve::SluiceOption;
-use crate::wire::{checksum, ethernet, ipv4};
+use crate::wire::{checksum, ethernet, ipv4, tcp, udp};
 
 const IPV4_CHECKSUM_OFFSET: usize = ipv4::CHECKSUM_OFFSET;
 const IPV4_DST_OFFSET: usize = ipv4::DST_ADDR_OFFSET;
-const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const L4_DST_PORT_OFFSET: usize = 2;
-const UDP_CHECKSUM_OFFSET: usize = 6;
-const UDP_HEADER_LEN: usize = 8;
-const TCP_CHECKSUM_OFFSET: usize = 16;
-const TCP_MIN_HEADER_LEN: usize = 20;
+/// UDP and TCP put their ports at the same offsets.
+const L4_DST_PORT_OFFSET: usize = udp::DST_PORT_OFFSET;
 const ETH_SRC: std::ops::Range<usize> = ethernet::SRC_ADDR_OFFSET..ethernet::SRC_ADDR_OFFSET + 6;
 const ETH_DST: std::ops::Range<usize> = ethernet::DST_ADDR_OFFSET..ethernet::DST_ADDR_OFFSET + 6;
 
@@ -158,8 +153,8 @@ fn dnat(
     vip: u32,
 ) -> Result<(u32, SluiceOption), DropReason> {
     let (checksum_offset, min_len) = match protocol {
-        IPPROTO_TCP => (TCP_CHECKSUM_OFFSET, TCP_MIN_HEADER_LEN),
-        IPPROTO_UDP => (UDP_CHECKSUM_OFFSET, UDP_HEADER_LEN),
+        IPPROTO_TCP => (tcp::CHECKSUM_OFFSET, tcp::MIN_HEADER_LEN),
+        IPPROTO_UDP => (udp::CHECKSUM_OFFSET, udp::HEADER_LEN),
         _ => return Err(DropReason::NoService),
     };
     let l4 = ip.get(header_len..).ok_or(DropReason::InnerMalformed)?;
@@ -234,24 +229,4 @@ pub fn pair_hash(src: u32, dst: u32) -> u32 {
     h = h.wrapping_mul(0x7FEB_352D);
     h ^= h >> 15;
     h
-}
-
-#[inline]
-fn read_u16(bytes: &[u8], offset: usize) -> u16 {
-    u16::from_be_bytes([bytes[offset], bytes[offset + 1]])
-}
-
-#[inline]
-fn read_u32(bytes: &[u8], offset: usize) -> u32 {
-    u32::from_be_bytes([
-        bytes[offset],
-        bytes[offset + 1],
-        bytes[offset + 2],
-        bytes[offset + 3],
-    ])
-}
-
-#[inline]
-fn write_u16(bytes: &mut [u8], offset: usize, value: u16) {
-    bytes[offset..offset + 2].copy_from_slice(&value.to_be_bytes());
 }

@@ -11,6 +11,7 @@
 //! packet always leaves with that same VNI.
 
 mod arp;
+mod bytes;
 mod frame;
 mod ipv4;
 mod outer;

@@ -5,6 +5,7 @@
 //! one length check per layer instead of building a view per layer; the offsets are the
 //! `wire` modules' constants, whose golden tests pin them against scapy's bytes.
 
+use super::bytes::{read_u16, read_u32, IPPROTO_UDP, IPV4_FRAGMENT_MASK};
 use super::frame::Frame;
 use super::verdict::DropReason;
 use super::Local;
@@ -18,24 +19,11 @@ use crate::wire::{checksum, ethernet, ipv4, udp};
 /// What the outer headers hold at most: two options (HOST_HINT and SERVICE_ORIG).
 pub(crate) const MAX_OPTIONS: usize = 2;
 const IPV4_FLAGS_DF: u16 = ipv4::FLAG_DF;
-/// More-fragments flag and fragment offset: either set means a fragment.
-const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
-const IPPROTO_UDP: u8 = 17;
 const GENEVE_VERSION_SHIFT: u8 = 6;
 const GENEVE_OPT_LEN_MASK: u8 = 0x3f;
 const GENEVE_OAM_BIT: u8 = 0x80;
 const GENEVE_VNI_OFFSET: usize = 4;
 const GENEVE_PROTOCOL_OFFSET: usize = 2;
-
-#[inline(always)]
-fn be16(bytes: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([bytes[at], bytes[at + 1]])
-}
-
-#[inline(always)]
-fn be32(bytes: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-}
 
 /// What the pipeline needs from a validated outer header.
 #[derive(Clone, Copy, Debug)]
@@ -58,14 +46,14 @@ pub(crate) fn parse(data: &[u8], local: &Local) -> Result<Outer, DropReason> {
     let Some(ip) = data.get(ethernet::HEADER_LEN..) else {
         return Err(DropReason::OuterEthernetTruncated);
     };
-    if be16(data, ethernet::ETHERTYPE_OFFSET) != ethernet::ETHERTYPE_IPV4 {
+    if read_u16(data, ethernet::ETHERTYPE_OFFSET) != ethernet::ETHERTYPE_IPV4 {
         return Err(DropReason::OuterNotIpv4);
     }
     if ip.len() < ipv4::MIN_HEADER_LEN || ip[ipv4::VER_IHL_OFFSET] >> 4 != ipv4::VERSION {
         return Err(DropReason::OuterIpv4Malformed);
     }
     let ip_header_len = usize::from(ip[ipv4::VER_IHL_OFFSET] & 0x0f) * 4;
-    let ip_total_len = usize::from(be16(ip, ipv4::TOTAL_LEN_OFFSET));
+    let ip_total_len = usize::from(read_u16(ip, ipv4::TOTAL_LEN_OFFSET));
     if ip_header_len < ipv4::MIN_HEADER_LEN
         || ip_total_len < ip_header_len
         || ip_total_len > ip.len()
@@ -76,10 +64,10 @@ pub(crate) fn parse(data: &[u8], local: &Local) -> Result<Outer, DropReason> {
     if checksum::data(&ip[..ip_header_len]) != 0xffff {
         return Err(DropReason::OuterIpv4Checksum);
     }
-    if be32(ip, ipv4::DST_ADDR_OFFSET) != local.ip_bits() {
+    if read_u32(ip, ipv4::DST_ADDR_OFFSET) != local.ip_bits() {
         return Err(DropReason::NotForUs);
     }
-    if be16(ip, ipv4::FLAGS_FRAG_OFFSET) & IPV4_FRAGMENT_MASK != 0 {
+    if read_u16(ip, ipv4::FLAGS_FRAG_OFFSET) & IPV4_FRAGMENT_MASK != 0 {
         return Err(DropReason::OuterFragment);
     }
     if ip[ipv4::PROTOCOL_OFFSET] != IPPROTO_UDP {
@@ -89,11 +77,11 @@ pub(crate) fn parse(data: &[u8], local: &Local) -> Result<Outer, DropReason> {
     if udp_bytes.len() < udp::HEADER_LEN {
         return Err(DropReason::OuterUdpMalformed);
     }
-    let udp_len = usize::from(be16(udp_bytes, udp::LENGTH_OFFSET));
+    let udp_len = usize::from(read_u16(udp_bytes, udp::LENGTH_OFFSET));
     if udp_len < udp::HEADER_LEN || udp_len > udp_bytes.len() {
         return Err(DropReason::OuterUdpMalformed);
     }
-    if be16(udp_bytes, udp::DST_PORT_OFFSET) != GENEVE_UDP_PORT {
+    if read_u16(udp_bytes, udp::DST_PORT_OFFSET) != GENEVE_UDP_PORT {
         return Err(DropReason::NotGeneve);
     }
     let gen = &udp_bytes[udp::HEADER_LEN..udp_len];
@@ -107,14 +95,14 @@ pub(crate) fn parse(data: &[u8], local: &Local) -> Result<Outer, DropReason> {
     if gen[1] & GENEVE_OAM_BIT != 0 {
         return Err(DropReason::GeneveOam);
     }
-    if be16(gen, GENEVE_PROTOCOL_OFFSET) != GENEVE_PROTO_ETHERNET {
+    if read_u16(gen, GENEVE_PROTOCOL_OFFSET) != GENEVE_PROTO_ETHERNET {
         return Err(DropReason::GeneveNotEthernet);
     }
     let mut outer = Outer {
-        vni: be32(gen, GENEVE_VNI_OFFSET) >> 8,
-        src_ip: be32(ip, ipv4::SRC_ADDR_OFFSET),
+        vni: read_u32(gen, GENEVE_VNI_OFFSET) >> 8,
+        src_ip: read_u32(ip, ipv4::SRC_ADDR_OFFSET),
         src_mac: [data[6], data[7], data[8], data[9], data[10], data[11]],
-        udp_src_port: be16(udp_bytes, udp::SRC_PORT_OFFSET),
+        udp_src_port: read_u16(udp_bytes, udp::SRC_PORT_OFFSET),
         inner_off: ethernet::HEADER_LEN + ip_header_len + udp::HEADER_LEN + gen_header_len,
         inner_len: gen.len() - gen_header_len,
         host_hint: None,
