@@ -12,6 +12,11 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 # Debian packages. gcc and make build the C parts of -sys crates.
 apt_packages=(build-essential pkg-config python3 python3-pip)
+# XDP programs and AF_XDP: clang and llvm compile the BPF C (dataplane/build.rs, libxdp),
+# libelf and zlib link libbpf, m4 builds libxdp (xsk-rs); the namespace tests use ip,
+# nsenter (util-linux) and ping; gcc-multilib provides the asm/ headers libxdp's BPF
+# objects include.
+apt_packages+=(clang llvm libelf-dev zlib1g-dev m4 iproute2 iputils-ping gcc-multilib)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -32,6 +37,16 @@ if ! python3 -c 'import scapy' 2>/dev/null; then
   log "pip install scapy"
   python3 -m pip install --quiet scapy==2.8.0 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages scapy==2.8.0
+fi
+
+# Python test peers: a grpcio client of the control service, with stubs generated from
+# the protos at test time (control/tests/python/peer.py).
+grpc_packages=(grpcio==1.85.1 grpcio-tools==1.85.1 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1)
+if ! python3 -c 'import grpc, grpc_tools, grpc_health, grpc_reflection' 2>/dev/null; then
+  log "pip install ${grpc_packages[*]}"
+  python3 -m pip install --quiet "${grpc_packages[@]}" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "${grpc_packages[@]}" \
+    || log "could not install the Python gRPC packages; the Python peer test will be skipped"
 fi
 
 if ((want_fuzz)) && ! command -v cargo-fuzz >/dev/null; then

@@ -28,6 +28,14 @@ if ((fuzz_seconds > 0)); then
   scripts/fuzz.sh "$fuzz_seconds"
 fi
 
+step "Python grpcio peer against the control service"
+if python3 -c 'import grpc, grpc_tools, grpc_health, grpc_reflection' 2>/dev/null; then
+  cargo test --release -p sluice-control --test python_peer -- --ignored
+else
+  echo "SKIPPED: python3 cannot import grpc, grpc_tools, grpc_health and grpc_reflection" \
+    "(scripts/setup.sh installs them with pip)"
+fi
+
 # Last, so that the runner's summary closes the log.
 step "cargo test"
 cargo test --workspace --release --no-fail-fast 2>&1 | tee /tmp/sluice-test.log

@@ -2,8 +2,10 @@
 //!
 //! The controller holds VPCs, subnets, services and endpoint allocations, allocates VNIs
 //! and addresses, places bouncer and divider roles on gateways and programs them through
-//! `Gateway.Apply`. Neither binary exists yet: they arrive with the control-service and
-//! controller issues. The crate is here so the workspace has its final shape.
+//! `Gateway.Apply`; it arrives with the controller issue. `sluicectl` is here: its YAML
+//! reading and its output formats live in [`cli`], its argument parsing in the binary.
 #![forbid(unsafe_code)]
+
+pub mod cli;
 
 pub use sluice_api as api;

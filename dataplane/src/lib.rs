@@ -10,7 +10,10 @@
 //! Nothing here allocates, locks or makes a syscall per packet.
 #![deny(unsafe_code)]
 
+pub mod config;
+pub mod nic;
 pub mod pipeline;
+pub mod service;
 pub mod tables;
 pub mod wire;
 

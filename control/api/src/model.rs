@@ -399,6 +399,16 @@ pub enum Object {
     Service(Service),
 }
 
+/// The five tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ObjectKind {
+    Host,
+    Vpc,
+    Subnet,
+    Endpoint,
+    Service,
+}
+
 /// What identifies an object in its table; a delete names one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "PascalCase")]
@@ -443,6 +453,16 @@ impl fmt::Display for ObjectKey {
 }
 
 impl Object {
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            Self::Host(_) => ObjectKind::Host,
+            Self::Vpc(_) => ObjectKind::Vpc,
+            Self::Subnet(_) => ObjectKind::Subnet,
+            Self::Endpoint(_) => ObjectKind::Endpoint,
+            Self::Service(_) => ObjectKind::Service,
+        }
+    }
+
     pub fn key(&self) -> ObjectKey {
         match self {
             Self::Host(h) => ObjectKey::Host { ip: h.ip },

@@ -9,7 +9,9 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use hashbrown::HashMap;
-use sluice_api::{Endpoint, Host, Ipv4Cidr, MacAddr, Object, ObjectKey, Service, Subnet, Vni, Vpc};
+use sluice_api::{
+    Endpoint, Host, Ipv4Cidr, MacAddr, Object, ObjectKey, ObjectKind, Service, Subnet, Vni, Vpc,
+};
 
 use super::endpoints::EndpointTable;
 use super::keys;
@@ -319,31 +321,43 @@ impl Tables {
 
     /// Every object, for listing and snapshots. Order is unspecified.
     pub fn objects(&self) -> impl Iterator<Item = Object> + '_ {
-        let hosts = self.host_ids.values().filter_map(|id| {
-            let host = self.hosts.get(*id)?;
-            Some(Object::Host(Host {
-                ip: host.ip,
-                mac: host.mac,
-            }))
-        });
-        let vpcs = self.vpcs.values().map(|v| Object::Vpc((*v.vpc).clone()));
-        let subnets = self
-            .subnet_ids
-            .values()
-            .filter_map(|id| Some(Object::Subnet((*self.subnets.get(*id)?.subnet).clone())));
-        let endpoints = self.endpoints.iter().filter_map(|(key, entry)| {
-            // Keys are built from valid VNIs only.
-            let vni = Vni::new((key >> 32) as u32).ok()?;
-            self.endpoint_object(vni, Ipv4Addr::from(key as u32), entry)
-        });
-        let services = self
-            .services
-            .values()
-            .map(|s| Object::Service(s.service.clone()));
-        hosts
-            .chain(vpcs)
-            .chain(subnets)
-            .chain(endpoints)
-            .chain(services)
+        [
+            ObjectKind::Host,
+            ObjectKind::Vpc,
+            ObjectKind::Subnet,
+            ObjectKind::Endpoint,
+            ObjectKind::Service,
+        ]
+        .into_iter()
+        .flat_map(|kind| self.objects_of(kind))
+    }
+
+    /// The objects of one table; costs in proportion to that table only.
+    pub fn objects_of(&self, kind: ObjectKind) -> Box<dyn Iterator<Item = Object> + '_> {
+        match kind {
+            ObjectKind::Host => Box::new(self.host_ids.values().filter_map(|id| {
+                let host = self.hosts.get(*id)?;
+                Some(Object::Host(Host {
+                    ip: host.ip,
+                    mac: host.mac,
+                }))
+            })),
+            ObjectKind::Vpc => Box::new(self.vpcs.values().map(|v| Object::Vpc((*v.vpc).clone()))),
+            ObjectKind::Subnet => {
+                Box::new(self.subnet_ids.values().filter_map(|id| {
+                    Some(Object::Subnet((*self.subnets.get(*id)?.subnet).clone()))
+                }))
+            }
+            ObjectKind::Endpoint => Box::new(self.endpoints.iter().filter_map(|(key, entry)| {
+                // Keys are built from valid VNIs only.
+                let vni = Vni::new((key >> 32) as u32).ok()?;
+                self.endpoint_object(vni, Ipv4Addr::from(key as u32), entry)
+            })),
+            ObjectKind::Service => Box::new(
+                self.services
+                    .values()
+                    .map(|s| Object::Service(s.service.clone())),
+            ),
+        }
     }
 }

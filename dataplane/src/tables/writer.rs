@@ -605,6 +605,13 @@ mod tests {
         // Each transaction moves two endpoints to the same host; a reader must always
         // see both on one host.
         let mut writer = world_tables();
+        // Put both on one host before the watcher starts: the world itself has them apart.
+        writer
+            .apply(&upsert(vec![
+                endpoint(VNI_A, [10, 0, 1, 10], H1),
+                endpoint(VNI_A, [10, 0, 1, 11], H1),
+            ]))
+            .unwrap();
         let mut reader = writer.reader();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let watcher = {
@@ -621,12 +628,6 @@ mod tests {
                 checks
             })
         };
-        writer
-            .apply(&upsert(vec![
-                endpoint(VNI_A, [10, 0, 1, 10], H1),
-                endpoint(VNI_A, [10, 0, 1, 11], H1),
-            ]))
-            .unwrap();
         for i in 0..2_000 {
             let host = [H1, H2, H3][i % 3];
             let txn = upsert(vec![
