@@ -20,8 +20,14 @@ out=perf/results/pipeline.md
   echo
   echo "One-endpoint update (add and remove, each a full transaction), criterion median:"
   echo
-  cargo bench --quiet -p sluice-dataplane --bench tables -- --noplot 2>/dev/null \
-    | awk '/apply_one_endpoint\/[0-9]+ *time:/ {print "* " $1 ": " $5 " " $6}'
+  cargo bench --quiet -p sluice-dataplane --bench tables -- --noplot >/dev/null 2>&1
+  for size in 10 1000000; do
+    python3 - "target/criterion/apply_one_endpoint/$size/new/estimates.json" "$size" <<'PY'
+import json, sys
+median = json.load(open(sys.argv[1]))["median"]["point_estimate"]
+print(f"* {sys.argv[2]} endpoints: {median:.0f} ns")
+PY
+  done
 } | tee "$out"
 if [[ "${1:-}" == "--criterion" ]]; then
   cargo bench -p sluice-dataplane --bench pipeline

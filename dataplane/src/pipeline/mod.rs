@@ -135,6 +135,11 @@ fn peek_flow(data: &[u8]) -> Option<PeekedFlow> {
     let geneve = ethernet::HEADER_LEN + ip_len + GENEVE_AFTER_IP;
     let options = usize::from(*data.get(geneve)? & 0x3f) * 4;
     let inner_ip = geneve + 8 + options + ethernet::HEADER_LEN;
+    // Only inner IPv4 carries addresses worth loading (ARP is answered from the subnet).
+    let ethertype = data.get(inner_ip - 2..inner_ip)?;
+    if ethertype != ethernet::ETHERTYPE_IPV4.to_be_bytes() {
+        return None;
+    }
     let vni = data.get(geneve + 4..geneve + 7)?;
     let header = data.get(inner_ip..inner_ip + 20)?;
     let protocol = header[9];
