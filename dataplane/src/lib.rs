@@ -11,6 +11,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod engine;
 pub mod nic;
 pub mod pipeline;
 pub mod service;

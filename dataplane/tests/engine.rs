@@ -1,0 +1,511 @@
+//! The engine on the real kernel: a sender, a gateway and a receiver namespace on one L2
+//! segment (a bridge in a fourth namespace). The gateway runs the NIC program and one
+//! `Worker` on queue 0 of its veth; the sender emits Geneve frames built with testkit,
+//! the receiver captures what the gateway transmits on the same interface.
+//!
+//! Needs root. Namespaces are named `sl-eng-<pid>-<n>-{br,s,g,r}` and deleted by a guard
+//! even when a test fails; the only processes started are `ip` and `nsenter` running
+//! `python3` (scapy), all waited for.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sched::{setns, CloneFlags};
+use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
+use nix::sys::time::{TimeVal, TimeValLike};
+use sluice_api::MacAddr;
+use sluice_dataplane::engine::{self, EngineError, EngineSettings, Worker, WorkerCounters};
+use sluice_dataplane::nic::{NicProgram, XdpMode};
+use sluice_dataplane::pipeline::{process, DropReason, Frame, Verdict};
+use sluice_dataplane::testkit::*;
+
+/// Every namespace's interface onto the segment.
+const IF: &str = "eth0";
+
+struct Topology {
+    bridge: String,
+    sender: String,
+    gateway: String,
+    receiver: String,
+}
+
+impl Topology {
+    fn new() -> Self {
+        assert_root();
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let base = format!(
+            "sl-eng-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        // The guard exists before anything is created, so a failure halfway cleans up.
+        let topo = Topology {
+            bridge: format!("{base}-br"),
+            sender: format!("{base}-s"),
+            gateway: format!("{base}-g"),
+            receiver: format!("{base}-r"),
+        };
+        for ns in topo.all() {
+            ip(&["netns", "add", ns]);
+            topo.in_ns(ns, || {
+                // No IPv6 chatter on the segment.
+                std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
+                    .expect("disabling IPv6");
+            });
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        let br = &topo.bridge;
+        // A plain L2 segment: br_netfilter (loaded on these machines) checks IPv4 headers
+        // on bridges and drops the malformed frames the tests send. The per-netns sysctls
+        // and the bridge's own options are OR-ed: both must be off.
+        topo.in_ns(br, || {
+            for table in ["iptables", "ip6tables", "arptables"] {
+                let path = format!("/proc/sys/net/bridge/bridge-nf-call-{table}");
+                if std::path::Path::new(&path).exists() {
+                    std::fs::write(&path, "0").expect("turning br_netfilter off");
+                }
+            }
+        });
+        ip(&[
+            "-n",
+            br,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "nf_call_iptables",
+            "0",
+            "nf_call_ip6tables",
+            "0",
+            "nf_call_arptables",
+            "0",
+        ]);
+        ip(&["-n", br, "link", "set", "br0", "up"]);
+        for (ns, port, mac, addr) in [
+            (&topo.sender, "s", H1_MAC, H1),
+            (&topo.gateway, "g", GW_MAC, GW),
+            (&topo.receiver, "r", H2_MAC, H2),
+        ] {
+            // One queue each (PLATFORM.md pitfall 4).
+            ip(&[
+                "-n",
+                ns,
+                "link",
+                "add",
+                IF,
+                "numtxqueues",
+                "1",
+                "numrxqueues",
+                "1",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                port,
+                "netns",
+                br,
+                "numtxqueues",
+                "1",
+                "numrxqueues",
+                "1",
+            ]);
+            ip(&["-n", ns, "link", "set", IF, "address", &mac_text(mac)]);
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", IF]);
+            ip(&["-n", ns, "link", "set", IF, "up"]);
+            ip(&["-n", br, "link", "set", port, "master", "br0"]);
+            ip(&["-n", br, "link", "set", port, "up"]);
+        }
+        topo
+    }
+
+    fn all(&self) -> [&String; 4] {
+        [&self.bridge, &self.sender, &self.gateway, &self.receiver]
+    }
+
+    /// Runs `f` on a thread that has entered namespace `ns`.
+    fn in_ns<T: Send>(&self, ns: &str, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                enter(ns);
+                f()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    fn nsenter(&self, ns: &str, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg("--")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running nsenter")
+    }
+
+    /// Sends raw Ethernet frames from the sender's interface (scapy's `sendp`).
+    fn send_frames(&self, frames: &[Vec<u8>]) {
+        let hex: Vec<String> = frames.iter().map(|f| hex(f)).collect();
+        let script = format!(
+            "import sys\n\
+             from scapy.all import Raw, sendp\n\
+             sendp([Raw(bytes.fromhex(h)) for h in sys.argv[1:]], iface={IF:?}, verbose=False)\n"
+        );
+        let mut args = vec!["python3", "-c", &script];
+        args.extend(hex.iter().map(String::as_str));
+        let out = self.nsenter(&self.sender, &args);
+        assert!(
+            out.status.success(),
+            "scapy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Whether an XDP program is attached to the gateway's interface.
+    fn gateway_has_xdp(&self) -> bool {
+        ip(&["-n", &self.gateway, "-j", "-d", "link", "show", "dev", IF]).contains("\"xdp\"")
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in self.all() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn enter(ns: &str) {
+    let handle = File::open(format!("/run/netns/{ns}")).expect("opening the netns");
+    setns(&handle, CloneFlags::CLONE_NEWNET).expect("setns");
+}
+
+/// The NIC program and one worker thread on queue 0 of the gateway's interface. Dropping
+/// it (even while unwinding) clears the XSKMAP slot, stops and joins the worker, then
+/// detaches the program, in that order.
+struct Gateway {
+    program: Option<NicProgram>,
+    stop: Arc<AtomicBool>,
+    worker: Option<JoinHandle<Result<Worker, EngineError>>>,
+}
+
+impl Gateway {
+    fn start(topo: &Topology, writer: &sluice_dataplane::tables::TableWriter) -> Gateway {
+        let program = topo
+            .in_ns(&topo.gateway, || {
+                NicProgram::attach(IF, XdpMode::Native, &[GW])
+            })
+            .unwrap_or_else(|e| panic!("attach: {e}"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (fd_tx, fd_rx) = mpsc::channel();
+        let reader = writer.reader();
+        let ns = topo.gateway.clone();
+        let worker_stop = Arc::clone(&stop);
+        // The last core: the test's own threads mostly run elsewhere.
+        let core = core_affinity::get_core_ids()
+            .and_then(|ids| ids.last().map(|c| c.id))
+            .expect("cores");
+        let handle = std::thread::spawn(move || {
+            enter(&ns);
+            engine::pin_current_thread(core)?;
+            let mut worker = Worker::new(IF, 0, &EngineSettings::default(), reader, local())?;
+            fd_tx.send(worker.fd()).expect("the test waits for the fd");
+            worker.run(&worker_stop)?;
+            Ok(worker)
+        });
+        let mut gateway = Gateway {
+            program: Some(program),
+            stop,
+            worker: Some(handle),
+        };
+        match fd_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(fd) => gateway
+                .program
+                .as_mut()
+                .expect("attached")
+                .set_socket(0, fd)
+                .unwrap_or_else(|e| panic!("set_socket: {e}")),
+            Err(_) => {
+                let result = gateway.worker.take().expect("spawned").join();
+                panic!("the worker did not start: {:?}", result.map(|r| r.err()));
+            }
+        }
+        gateway
+    }
+
+    /// Stops the worker and returns its counters; the program stays attached.
+    fn stop(&mut self) -> WorkerCounters {
+        if let Some(program) = self.program.as_mut() {
+            program.clear_socket(0).expect("clear the XSKMAP slot");
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        let worker = self
+            .worker
+            .take()
+            .expect("running")
+            .join()
+            .expect("the worker panicked")
+            .unwrap_or_else(|e| panic!("the worker failed: {e}"));
+        worker.counters().clone()
+    }
+
+    fn detach(mut self) {
+        self.program
+            .take()
+            .expect("attached")
+            .detach()
+            .expect("detach");
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(program) = self.program.as_mut() {
+            let _ = program.clear_socket(0);
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+        drop(self.program.take());
+    }
+}
+
+/// An AF_PACKET socket seeing every frame of the receiver namespace.
+struct Capture(std::os::fd::OwnedFd);
+
+impl Capture {
+    fn open(topo: &Topology) -> Capture {
+        topo.in_ns(&topo.receiver, || {
+            let fd = socket::socket(
+                AddressFamily::Packet,
+                SockType::Raw,
+                SockFlag::empty(),
+                SockProtocol::EthAll,
+            )
+            .expect("AF_PACKET socket");
+            socket::setsockopt(
+                &fd,
+                socket::sockopt::ReceiveTimeout,
+                &TimeVal::milliseconds(100),
+            )
+            .expect("SO_RCVTIMEO");
+            // Room for a whole burst: the default buffer holds about 200 small frames.
+            socket::setsockopt(&fd, socket::sockopt::RcvBufForce, &(8 << 20))
+                .expect("SO_RCVBUFFORCE");
+            Capture(fd)
+        })
+    }
+
+    /// Every frame captured within `window`.
+    fn frames(&self, window: Duration) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + window;
+        let mut frames = Vec::new();
+        let mut buf = [0u8; 2048];
+        while Instant::now() < deadline {
+            if let Ok(n) = socket::recv(self.0.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                frames.push(buf[..n].to_vec());
+            }
+        }
+        frames
+    }
+
+    /// The first captured Geneve frame addressed to H2, waiting up to `timeout`.
+    fn geneve_to_h2(&self, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 2048];
+        while Instant::now() < deadline {
+            if let Ok(n) = socket::recv(self.0.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                if is_geneve_to_h2(&buf[..n]) {
+                    return Some(buf[..n].to_vec());
+                }
+            }
+        }
+        None
+    }
+}
+
+fn is_geneve_to_h2(frame: &[u8]) -> bool {
+    decode(frame).is_ok_and(|d| d.outer_dst == H2 && d.udp_dst_port == GENEVE_PORT)
+}
+
+fn bounce_packet() -> Vec<u8> {
+    geneve_packet(
+        &OuterSpec::from_host(H1, H1_MAC, VNI_A),
+        &inner_udp(
+            POD_A1_MAC,
+            POD_A1B_MAC,
+            POD_A1,
+            POD_A1B,
+            (1000, 2000),
+            b"hello",
+        ),
+    )
+}
+
+/// What the pipeline makes of `packet` with ample headroom: the bytes the gateway must
+/// put on the wire.
+fn expected_output(packet: &[u8]) -> Vec<u8> {
+    let writer = world_tables();
+    let tables = writer.snapshot();
+    let mut buf = with_headroom(packet);
+    let mut frame = Frame::new(&mut buf, HEADROOM, packet.len()).expect("fits");
+    assert_eq!(process(&tables, &local(), &mut frame), Verdict::Forward);
+    frame.data().to_vec()
+}
+
+#[test]
+fn the_worker_bounces_geneve_drops_malformed_frames_and_stops_cleanly() {
+    let topo = Topology::new();
+    let writer = world_tables();
+    let capture = Capture::open(&topo);
+    let mut gateway = Gateway::start(&topo, &writer);
+
+    // A same-subnet bounce: H1's pod A1 to pod A1B on H2.
+    let packet = bounce_packet();
+    topo.send_frames(std::slice::from_ref(&packet));
+    let out = capture
+        .geneve_to_h2(Duration::from_secs(5))
+        .expect("the bounced packet reaches the receiver");
+    let d = decode(&out).expect("decodes");
+    assert_eq!(d.outer_dst, H2);
+    assert_eq!(d.outer_dst_mac, H2_MAC.0);
+    assert_eq!(d.outer_src, GW);
+    assert_eq!(d.outer_src_mac, GW_MAC.0);
+    assert_eq!(d.outer_ttl, 64);
+    assert!(d.outer_dont_fragment);
+    assert!(d.outer_ip_checksum_ok);
+    assert_eq!(d.udp_dst_port, GENEVE_PORT);
+    assert_eq!(d.udp_checksum, 0);
+    assert_eq!(d.vni, VNI_A);
+    let hint = d.option(0x01).expect("HOST_HINT");
+    let mut want_hint = POD_A1.octets().to_vec();
+    want_hint.extend_from_slice(&H1.octets());
+    assert_eq!(hint.body, want_hint, "A1 lives on H1");
+    check_inner_checksums(&d.inner).expect("inner checksums");
+    let inner = &packet[packet.len() - d.inner.len()..];
+    assert_eq!(d.inner, inner, "the inner frame already had A1B's MAC");
+    assert_eq!(out, expected_output(&packet), "byte for byte");
+
+    // A malformed frame (outer IPv4 checksum broken) is counted and not forwarded.
+    let mut bad = bounce_packet();
+    bad[14 + 10] ^= 0xff;
+    topo.send_frames(&[bad]);
+    let late = capture.frames(Duration::from_millis(500));
+    assert!(
+        !late.iter().any(|f| is_geneve_to_h2(f)),
+        "the malformed frame was forwarded"
+    );
+
+    let counters = gateway.stop();
+    assert_eq!(counters.rx_packets, 2, "{counters:?}");
+    assert_eq!(counters.tx_packets, 1, "{counters:?}");
+    assert_eq!(counters.tx_bytes, out.len() as u64, "{counters:?}");
+    assert_eq!(counters.outcomes.forwarded, 1, "{counters:?}");
+    assert_eq!(
+        counters.outcomes.dropped(DropReason::OuterIpv4Checksum),
+        1,
+        "{counters:?}"
+    );
+    assert_eq!(counters.outcomes.total_dropped(), 1, "{counters:?}");
+    assert!(counters.kicks >= 1, "{counters:?}");
+    gateway.detach();
+    assert!(!topo.gateway_has_xdp(), "a program is still attached");
+}
+
+/// Many packets in a burst: every frame comes back through the completion ring and
+/// everything sent is forwarded (the copy-mode kick rule, PLATFORM.md pitfall 6).
+#[test]
+fn the_worker_forwards_a_burst_without_losing_frames() {
+    const BURST: usize = 300;
+    let topo = Topology::new();
+    let writer = world_tables();
+    let capture = Capture::open(&topo);
+    let mut gateway = Gateway::start(&topo, &writer);
+    let packet = bounce_packet();
+    topo.send_frames(&vec![packet; BURST]);
+    let seen = capture
+        .frames(Duration::from_secs(2))
+        .iter()
+        .filter(|f| is_geneve_to_h2(f))
+        .count();
+    let counters = gateway.stop();
+    assert_eq!(counters.rx_packets, BURST as u64, "{counters:?}");
+    assert_eq!(counters.tx_packets, BURST as u64, "{counters:?}");
+    assert_eq!(seen, BURST, "{counters:?}");
+    gateway.detach();
+}
+
+#[test]
+fn pinning_to_a_core_that_does_not_exist_is_a_clear_error() {
+    let err = std::thread::spawn(|| engine::pin_current_thread(100_000))
+        .join()
+        .expect("thread")
+        .expect_err("core 100000 does not exist");
+    assert!(
+        matches!(err, EngineError::Pin { core: 100_000, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("core 100000"), "{err}");
+}
+
+#[test]
+fn binding_to_a_missing_interface_names_it() {
+    let topo = Topology::new();
+    let writer = world_tables();
+    let err = topo
+        .in_ns(&topo.gateway, || {
+            Worker::new(
+                "nosuch0",
+                0,
+                &EngineSettings::default(),
+                writer.reader(),
+                local(),
+            )
+        })
+        .expect_err("no such interface");
+    assert!(err.to_string().contains("nosuch0"), "{err}");
+}
+
+fn assert_root() {
+    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc");
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .expect("Uid line");
+    assert_eq!(euid, "0", "the engine tests need root (namespaces, XDP)");
+}
+
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn mac_text(mac: MacAddr) -> String {
+    mac.0
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
