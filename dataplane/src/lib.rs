@@ -4,12 +4,17 @@
 //!   wire contract, and incremental checksums.
 //! * [`tables`]: the gateway's routing, endpoint and service tables, updated by
 //!   transactions that workers observe whole and without waiting.
-//! * [`pipeline`]: `process(tables, frame) -> Verdict`, the bouncer, divider and service
-//!   DNAT logic as a pure function, unit-tested and benchmarked without sockets.
+//! * [`pipeline`]: `process(tables, local, frame) -> Verdict`, the bouncer, divider and
+//!   service DNAT logic as a pure function, unit-tested and benchmarked without sockets.
+//! * [`engine`]: AF_XDP workers that run the pipeline on pinned cores (the one module
+//!   allowed `unsafe`); [`nic`]: the XDP program that steers Geneve to their sockets.
+//! * [`service`]: the gRPC control service over the tables; [`config`]: the gateway's
+//!   configuration file; [`appliance`]: the `sluice-gateway` process that ties them up.
 //!
-//! Nothing here allocates, locks or makes a syscall per packet.
+//! Nothing on the packet path allocates, locks or makes a syscall per packet.
 #![deny(unsafe_code)]
 
+pub mod appliance;
 pub mod config;
 pub mod engine;
 pub mod nic;

@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod convert;
+pub mod manifest;
 pub mod model;
 pub mod proto;
 

@@ -14,6 +14,7 @@
 //!     ip: 10.0.1.11
 //! ```
 //!
+//! Parsing is `sluice_api::manifest` (the gateway reads its `tables.file` with it too).
 //! YAML is read with serde_norway, the maintained fork of the deprecated serde_yaml.
 //! Fields are checked as they are read (a bad CIDR fails here, with its line); checks
 //! against table state are the gateway's.
@@ -21,7 +22,6 @@
 use std::io::Read;
 use std::path::Path;
 
-use serde::Deserialize;
 use sluice_api::Transaction;
 
 /// A YAML file that does not hold a transaction.
@@ -43,13 +43,7 @@ pub enum ManifestError {
 
 /// Parses every YAML document of `text` as a transaction and concatenates them.
 pub fn parse(text: &str) -> Result<Transaction, serde_norway::Error> {
-    let mut txn = Transaction::default();
-    for document in serde_norway::Deserializer::from_str(text) {
-        let part = Transaction::deserialize(document)?;
-        txn.upserts.extend(part.upserts);
-        txn.deletes.extend(part.deletes);
-    }
-    Ok(txn)
+    sluice_api::manifest::parse(text)
 }
 
 /// Reads a transaction from `path` (`-` is standard input).

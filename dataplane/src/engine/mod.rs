@@ -24,7 +24,7 @@ pub mod headroom;
 mod settings;
 mod worker;
 
-pub use counters::WorkerCounters;
+pub use counters::{CounterSlot, WorkerCounters};
 pub use settings::EngineSettings;
 pub use worker::Worker;
 

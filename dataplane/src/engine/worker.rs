@@ -9,7 +9,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use xsk_rs::config::{
     BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
@@ -17,7 +17,7 @@ use xsk_rs::config::{
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 use super::headroom::process_shifted;
-use super::{EngineError, EngineSettings, WorkerCounters};
+use super::{CounterSlot, EngineError, EngineSettings, WorkerCounters};
 use crate::pipeline::{self, Local, Verdict, REQUIRED_HEADROOM};
 use crate::tables::TableReader;
 
@@ -25,6 +25,9 @@ use crate::tables::TableReader;
 /// half a second (PLATFORM.md pitfall 8).
 const BIND_ATTEMPTS: u32 = 20;
 const BIND_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How often [`Worker::run_published`] copies its counters out, at most.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A worker's socket, UMEM and rings, and what it needs to run the pipeline.
 pub struct Worker {
@@ -188,8 +191,40 @@ impl Worker {
 
     /// Runs until `stop` is set. Before dropping the worker, clear its XSKMAP slot.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), EngineError> {
+        self.run_loop(stop, None)
+    }
+
+    /// Like [`Self::run`], and copies the counters into `slot` about every
+    /// [`PUBLISH_INTERVAL`], and once more when stopping (or failing).
+    pub fn run_published(
+        &mut self,
+        stop: &AtomicBool,
+        slot: &CounterSlot,
+    ) -> Result<(), EngineError> {
+        let result = self.run_loop(stop, Some(slot));
+        slot.publish(&self.counters);
+        result
+    }
+
+    fn run_loop(
+        &mut self,
+        stop: &AtomicBool,
+        slot: Option<&CounterSlot>,
+    ) -> Result<(), EngineError> {
         let mut idle: u32 = 0;
+        let mut iterations: u32 = 0;
+        let mut published = Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            iterations = iterations.wrapping_add(1);
+            // Reading the clock (vDSO, no syscall) every iteration would still cost;
+            // every 64th is enough for a 100 ms cadence both busy and idle.
+            if let Some(slot) = slot.filter(|_| iterations % 64 == 0) {
+                let now = Instant::now();
+                if now.duration_since(published) >= PUBLISH_INTERVAL {
+                    slot.publish(&self.counters);
+                    published = now;
+                }
+            }
             self.complete();
             self.refill();
             let batch = self.settings.batch_size as usize;

@@ -135,6 +135,15 @@ impl DropCounters {
         }
     }
 
+    /// Counters from their parts (a published copy of a worker's counters).
+    pub fn from_parts(forwarded: u64, replied: u64, drops: [u64; DropReason::COUNT]) -> Self {
+        Self {
+            forwarded,
+            replied,
+            drops,
+        }
+    }
+
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize]
     }

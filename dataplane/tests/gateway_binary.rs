@@ -1,0 +1,562 @@
+//! The real `sluice-gateway` binary in network namespaces: a sender, a gateway and a
+//! receiver on one L2 segment (a bridge in a fourth namespace), as in `tests/engine.rs`.
+//! The gateway runs inside its namespace through `nsenter`, with a configuration and a
+//! tables file (the testkit world as YAML) written to a temporary directory.
+//!
+//! Needs root. Namespaces are named `sl-gwb-<pid>-<n>-{br,s,g,r}` and deleted by a guard
+//! even when a test fails; the gateway process is killed by its PID if a test fails
+//! while it runs. Other processes started (`ip`, `nsenter` running `python3`, `promtool`)
+//! are waited for.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sched::{setns, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
+use nix::sys::time::{TimeVal, TimeValLike};
+use nix::unistd::Pid;
+use sluice_api::MacAddr;
+use sluice_dataplane::appliance::metrics;
+use sluice_dataplane::testkit::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice-gateway");
+/// Every namespace's interface onto the segment.
+const IF: &str = "eth0";
+/// Each gateway namespace has its own loopback, so every test can use this address.
+const METRICS: &str = "127.0.0.1:9471";
+
+struct Topology {
+    bridge: String,
+    sender: String,
+    gateway: String,
+    receiver: String,
+}
+
+impl Topology {
+    fn new() -> Self {
+        assert_root();
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let base = format!(
+            "sl-gwb-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        // The guard exists before anything is created, so a failure halfway cleans up.
+        let topo = Topology {
+            bridge: format!("{base}-br"),
+            sender: format!("{base}-s"),
+            gateway: format!("{base}-g"),
+            receiver: format!("{base}-r"),
+        };
+        for ns in topo.all() {
+            ip(&["netns", "add", ns]);
+            in_ns(ns, || {
+                std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
+                    .expect("disabling IPv6");
+            });
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        let br = &topo.bridge;
+        // br_netfilter would check IPv4 headers on the bridge (see tests/engine.rs).
+        in_ns(br, || {
+            for table in ["iptables", "ip6tables", "arptables"] {
+                let path = format!("/proc/sys/net/bridge/bridge-nf-call-{table}");
+                if Path::new(&path).exists() {
+                    std::fs::write(&path, "0").expect("turning br_netfilter off");
+                }
+            }
+        });
+        ip(&[
+            "-n",
+            br,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "nf_call_iptables",
+            "0",
+            "nf_call_ip6tables",
+            "0",
+            "nf_call_arptables",
+            "0",
+        ]);
+        ip(&["-n", br, "link", "set", "br0", "up"]);
+        for (ns, port, mac, addr) in [
+            (&topo.sender, "s", H1_MAC, H1),
+            (&topo.gateway, "g", GW_MAC, GW),
+            (&topo.receiver, "r", H2_MAC, H2),
+        ] {
+            ip(&[
+                "-n",
+                ns,
+                "link",
+                "add",
+                IF,
+                "numtxqueues",
+                "1",
+                "numrxqueues",
+                "1",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                port,
+                "netns",
+                br,
+                "numtxqueues",
+                "1",
+                "numrxqueues",
+                "1",
+            ]);
+            ip(&["-n", ns, "link", "set", IF, "address", &mac_text(mac)]);
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", IF]);
+            ip(&["-n", ns, "link", "set", IF, "up"]);
+            ip(&["-n", br, "link", "set", port, "master", "br0"]);
+            ip(&["-n", br, "link", "set", port, "up"]);
+        }
+        topo
+    }
+
+    fn all(&self) -> [&String; 4] {
+        [&self.bridge, &self.sender, &self.gateway, &self.receiver]
+    }
+
+    fn send_frames(&self, frames: &[Vec<u8>]) {
+        let hex: Vec<String> = frames.iter().map(|f| hex(f)).collect();
+        let script = format!(
+            "import sys\n\
+             from scapy.all import Raw, sendp\n\
+             sendp([Raw(bytes.fromhex(h)) for h in sys.argv[1:]], iface={IF:?}, verbose=False)\n"
+        );
+        let mut args = vec!["python3", "-c", &script];
+        args.extend(hex.iter().map(String::as_str));
+        let out = nsenter(&self.sender, &args);
+        assert!(
+            out.status.success(),
+            "scapy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn gateway_has_xdp(&self) -> bool {
+        ip(&["-n", &self.gateway, "-j", "-d", "link", "show", "dev", IF]).contains("\"xdp\"")
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in self.all() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// The gateway process; killed (by its PID) and reaped if the test ends while it runs.
+struct GatewayProcess {
+    child: Option<Child>,
+    stderr: PathBuf,
+}
+
+impl GatewayProcess {
+    /// Starts `sluice-gateway --config CONFIG` in namespace `ns`. nsenter execs the
+    /// binary, so the child's PID is the gateway's.
+    fn start(ns: &str, config: &Path, dir: &Path) -> Self {
+        let stderr = dir.join("gateway.stderr");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg("--")
+            .arg(BIN)
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("starting sluice-gateway");
+        GatewayProcess {
+            child: Some(child),
+            stderr,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("running")
+    }
+
+    /// Waits for `path` to exist; panics with the gateway's stderr if it exits first.
+    fn wait_for(&mut self, path: &Path, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !path.exists() {
+            if let Some(status) = self.child().try_wait().expect("try_wait") {
+                panic!("the gateway exited ({status}): {}", self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not appear: {}",
+                path.display(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&mut self, signal: Signal) {
+        let pid = Pid::from_raw(self.child().id() as i32);
+        kill(pid, signal).expect("kill");
+    }
+
+    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child().try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not exit: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let handle = File::open(format!("/run/netns/{ns}")).expect("opening the netns");
+            setns(&handle, CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn nsenter(ns: &str, args: &[&str]) -> Output {
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg("--")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running nsenter")
+}
+
+/// An AF_PACKET socket seeing every frame of namespace `ns`.
+fn capture(ns: &str) -> std::os::fd::OwnedFd {
+    in_ns(ns, || {
+        let fd = socket::socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::empty(),
+            SockProtocol::EthAll,
+        )
+        .expect("AF_PACKET socket");
+        socket::setsockopt(
+            &fd,
+            socket::sockopt::ReceiveTimeout,
+            &TimeVal::milliseconds(100),
+        )
+        .expect("SO_RCVTIMEO");
+        fd
+    })
+}
+
+fn geneve_to_h2(fd: &std::os::fd::OwnedFd, timeout: Duration) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        if let Ok(n) = socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            let frame = &buf[..n];
+            if decode(frame).is_ok_and(|d| d.outer_dst == H2 && d.udp_dst_port == GENEVE_PORT) {
+                return Some(frame.to_vec());
+            }
+        }
+    }
+    None
+}
+
+/// The worker core and the control core: the last online core works, the first controls.
+fn cores() -> (u32, u32) {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").expect("cpu list");
+    let cores = sluice_dataplane::config::cpulist::parse(&online).expect("cpu list");
+    let first = *cores.first().expect("a core");
+    let last = *cores.last().expect("a core");
+    assert!(first != last, "the gateway test needs two online cores");
+    (first, last)
+}
+
+fn write_config(dir: &Path, interface: &str) -> (PathBuf, PathBuf) {
+    let (control, worker) = cores();
+    let tables = dir.join("tables.yaml");
+    std::fs::write(
+        &tables,
+        serde_norway::to_string(&world()).expect("the world as YAML"),
+    )
+    .expect("writing the tables");
+    let socket = dir.join("gateway.sock");
+    let config = dir.join("gateway.toml");
+    let mut file = File::create(&config).expect("config file");
+    write!(
+        file,
+        "[cores]\ncontrol = \"{control}\"\nworkers = \"{worker}\"\n\n\
+         [[interfaces]]\nname = \"{interface}\"\nip = \"{GW}\"\nmac = \"{}\"\nqueues = \"0\"\n\n\
+         [umem]\nframe_size = 4096\nframe_count = 4096\n\n\
+         [rings]\nrx = 1024\ntx = 1024\nfill = 2048\ncompletion = 2048\n\n\
+         [control]\ngrpc = \"unix://{}\"\nmetrics = \"{METRICS}\"\n\n\
+         [tables]\nfile = \"{}\"\n",
+        mac_text(GW_MAC),
+        socket.display(),
+        tables.display()
+    )
+    .expect("writing the config");
+    (config, socket)
+}
+
+/// `GET /metrics` from inside the gateway's namespace until `ready` holds for the text.
+fn metrics_when(ns: &str, ready: impl Fn(&str) -> bool + Send + Sync, timeout: Duration) -> String {
+    in_ns(ns, || {
+        let deadline = Instant::now() + timeout;
+        let addr = METRICS.parse().expect("address");
+        loop {
+            let last = metrics::fetch(addr, Duration::from_secs(2));
+            match &last {
+                Ok(text) if ready(text) => return text.clone(),
+                _ if Instant::now() >= deadline => panic!("metrics never ready: {last:?}"),
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    })
+}
+
+/// The value of the first sample of `name` (the test runs one worker).
+fn sample(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+#[test]
+fn the_binary_forwards_serves_metrics_and_shuts_down_cleanly() {
+    let topo = Topology::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, socket) = write_config(dir.path(), IF);
+    let capture = capture(&topo.receiver);
+    let mut gateway = GatewayProcess::start(&topo.gateway, &config, dir.path());
+    gateway.wait_for(&socket, Duration::from_secs(20));
+    // The socket appears before the workers bind; wait for the NIC program too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !topo.gateway_has_xdp() {
+        assert!(
+            Instant::now() < deadline,
+            "no XDP program: {}",
+            gateway.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And for the worker: its counters are published once it runs.
+    metrics_when(&topo.gateway, |_| true, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let packet = geneve_packet(
+        &OuterSpec::from_host(H1, H1_MAC, VNI_A),
+        &inner_udp(
+            POD_A1_MAC,
+            POD_A1B_MAC,
+            POD_A1,
+            POD_A1B,
+            (1000, 2000),
+            b"hello",
+        ),
+    );
+    topo.send_frames(std::slice::from_ref(&packet));
+    let out = geneve_to_h2(&capture, Duration::from_secs(5)).unwrap_or_else(|| {
+        panic!(
+            "the bounced packet did not reach the receiver: {}",
+            gateway.stderr()
+        )
+    });
+    let d = decode(&out).expect("decodes");
+    assert_eq!(d.outer_src, GW);
+    assert_eq!(d.outer_dst_mac, H2_MAC.0);
+    assert_eq!(d.vni, VNI_A);
+
+    let text = metrics_when(
+        &topo.gateway,
+        |t| sample(t, "sluice_tx_packets_total").is_some_and(|n| n >= 1),
+        Duration::from_secs(5),
+    );
+    assert!(
+        sample(&text, "sluice_rx_packets_total").unwrap() >= 1,
+        "{text}"
+    );
+    for label in metrics::drop_labels() {
+        assert!(text.contains(&format!("reason=\"{label}\"")), "{label}");
+    }
+    promtool_check(&text);
+    let stats = nsenter(&topo.gateway, &[BIN, "stats", "--metrics", METRICS]);
+    let table = String::from_utf8_lossy(&stats.stdout);
+    assert!(
+        stats.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stats.stderr)
+    );
+    assert!(
+        table.lines().any(|l| l.starts_with("rx_packets")),
+        "{table}"
+    );
+
+    gateway.signal(Signal::SIGTERM);
+    let status = gateway.wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", gateway.stderr());
+    assert!(!topo.gateway_has_xdp(), "a program is still attached");
+    assert!(!socket.exists(), "the socket file is still there");
+}
+
+#[test]
+fn a_missing_interface_is_refused_in_one_line_leaving_nothing_behind() {
+    let topo = Topology::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, socket) = write_config(dir.path(), "nosuch0");
+    let mut gateway = GatewayProcess::start(&topo.gateway, &config, dir.path());
+    let status = gateway.wait(Duration::from_secs(20));
+    let stderr = gateway.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("sluice-gateway: "), "{stderr}");
+    assert!(last.contains("nosuch0"), "{stderr}");
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+    assert!(!socket.exists(), "the socket file is still there");
+}
+
+#[test]
+fn check_config_prints_the_plan_or_one_line_naming_the_field() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/gateway.toml");
+    let out = Command::new(BIN)
+        .args(["--config", example, "--check-config"])
+        .output()
+        .expect("running sluice-gateway");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("worker           core 1  queues eth1:0"),
+        "{stdout}"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broken = dir.path().join("broken.toml");
+    let text = std::fs::read_to_string(example).expect("example");
+    std::fs::write(
+        &broken,
+        text.replace("frame_size = 4096", "frame_size = 1000"),
+    )
+    .expect("writing");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&broken)
+        .arg("--check-config")
+        .output()
+        .expect("running sluice-gateway");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("sluice-gateway: ") && stderr.contains("umem.frame_size"),
+        "{stderr}"
+    );
+}
+
+/// `promtool check metrics` on `text`, when promtool is installed (scripts/setup.sh
+/// installs it with the `prometheus` package).
+fn promtool_check(text: &str) {
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool is not installed; skipping the exposition format check");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("writing to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn assert_root() {
+    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc");
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .expect("Uid line");
+    assert_eq!(
+        euid, "0",
+        "the gateway binary tests need root (namespaces, XDP)"
+    );
+}
+
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn mac_text(mac: MacAddr) -> String {
+    mac.0
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
