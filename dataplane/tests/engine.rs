@@ -19,7 +19,9 @@ use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
 use nix::sys::time::{TimeVal, TimeValLike};
 use sluice_api::MacAddr;
-use sluice_dataplane::engine::{self, EngineError, EngineSettings, Worker, WorkerCounters};
+use sluice_dataplane::engine::{
+    self, EngineError, EngineSettings, Worker, WorkerCounters, ZeroCopy,
+};
 use sluice_dataplane::nic::{NicProgram, XdpMode};
 use sluice_dataplane::pipeline::{process, DropReason, Frame, Verdict};
 use sluice_dataplane::testkit::*;
@@ -197,10 +199,20 @@ struct Gateway {
     program: Option<NicProgram>,
     stop: Arc<AtomicBool>,
     worker: Option<JoinHandle<Result<Worker, EngineError>>>,
+    /// Whether the worker bound in zero-copy mode.
+    zero_copy: bool,
 }
 
 impl Gateway {
     fn start(topo: &Topology, writer: &sluice_dataplane::tables::TableWriter) -> Gateway {
+        Gateway::start_with(topo, writer, EngineSettings::default())
+    }
+
+    fn start_with(
+        topo: &Topology,
+        writer: &sluice_dataplane::tables::TableWriter,
+        settings: EngineSettings,
+    ) -> Gateway {
         let program = topo
             .in_ns(&topo.gateway, || {
                 NicProgram::attach(IF, XdpMode::Native, &[GW])
@@ -218,8 +230,10 @@ impl Gateway {
         let handle = std::thread::spawn(move || {
             enter(&ns);
             engine::pin_current_thread(core)?;
-            let mut worker = Worker::new(IF, 0, &EngineSettings::default(), reader, local())?;
-            fd_tx.send(worker.fd()).expect("the test waits for the fd");
+            let mut worker = Worker::new(IF, 0, &settings, reader, local())?;
+            fd_tx
+                .send((worker.fd(), worker.zero_copy()))
+                .expect("the test waits for the fd");
             worker.run(&worker_stop)?;
             Ok(worker)
         });
@@ -227,14 +241,18 @@ impl Gateway {
             program: Some(program),
             stop,
             worker: Some(handle),
+            zero_copy: false,
         };
         match fd_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(fd) => gateway
-                .program
-                .as_mut()
-                .expect("attached")
-                .set_socket(0, fd)
-                .unwrap_or_else(|e| panic!("set_socket: {e}")),
+            Ok((fd, zero_copy)) => {
+                gateway.zero_copy = zero_copy;
+                gateway
+                    .program
+                    .as_mut()
+                    .expect("attached")
+                    .set_socket(0, fd)
+                    .unwrap_or_else(|e| panic!("set_socket: {e}"))
+            }
             Err(_) => {
                 let result = gateway.worker.take().expect("spawned").join();
                 panic!("the worker did not start: {:?}", result.map(|r| r.err()));
@@ -444,6 +462,64 @@ fn the_worker_forwards_a_burst_without_losing_frames() {
     assert_eq!(counters.tx_packets, BURST as u64, "{counters:?}");
     assert_eq!(seen, BURST, "{counters:?}");
     gateway.detach();
+}
+
+/// veth has no zero-copy (PLATFORM.md): `auto` binds copy mode and forwards, with
+/// need-wakeup on or off and busy polling configured.
+#[test]
+fn zero_copy_auto_falls_back_to_copy_mode_on_veth_and_forwards() {
+    for need_wakeup in [true, false] {
+        let topo = Topology::new();
+        let writer = world_tables();
+        let capture = Capture::open(&topo);
+        let settings = EngineSettings {
+            zero_copy: ZeroCopy::Auto,
+            need_wakeup,
+            busy_poll_usecs: 20,
+            busy_poll_budget: 64,
+            ..EngineSettings::default()
+        };
+        let mut gateway = Gateway::start_with(&topo, &writer, settings);
+        assert!(!gateway.zero_copy, "veth has no zero-copy");
+        let packet = bounce_packet();
+        topo.send_frames(&vec![packet.clone(); 100]);
+        let seen: Vec<_> = capture
+            .frames(Duration::from_secs(2))
+            .into_iter()
+            .filter(|f| is_geneve_to_h2(f))
+            .collect();
+        let counters = gateway.stop();
+        assert_eq!(seen.len(), 100, "need_wakeup {need_wakeup}: {counters:?}");
+        assert_eq!(seen[0], expected_output(&packet), "byte for byte");
+        assert_eq!(counters.tx_packets, 100, "{counters:?}");
+        gateway.detach();
+    }
+}
+
+#[test]
+fn zero_copy_on_is_refused_on_veth_naming_interface_and_queue() {
+    let topo = Topology::new();
+    let writer = world_tables();
+    let settings = EngineSettings {
+        zero_copy: ZeroCopy::On,
+        ..EngineSettings::default()
+    };
+    let err = topo
+        .in_ns(&topo.gateway, || {
+            Worker::new(IF, 0, &settings, writer.reader(), local())
+        })
+        .expect_err("veth has no zero-copy");
+    assert!(
+        matches!(err, EngineError::ZeroCopyUnavailable { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "zero-copy unavailable on {IF} queue 0: Operation not supported; \
+             set engine.zero_copy = \"auto\" or \"off\""
+        )
+    );
 }
 
 #[test]

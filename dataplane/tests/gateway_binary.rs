@@ -23,6 +23,7 @@ use nix::sys::time::{TimeVal, TimeValLike};
 use nix::unistd::Pid;
 use sluice_api::MacAddr;
 use sluice_dataplane::appliance::metrics;
+use sluice_dataplane::pipeline::{process, Frame, Verdict};
 use sluice_dataplane::testkit::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice-gateway");
@@ -288,17 +289,50 @@ fn capture(ns: &str) -> std::os::fd::OwnedFd {
 }
 
 fn geneve_to_h2(fd: &std::os::fd::OwnedFd, timeout: Duration) -> Option<Vec<u8>> {
+    geneve_from_gateway_to(fd, H2, timeout)
+}
+
+/// The first captured Geneve frame from the gateway to `host`, waiting up to `timeout`.
+fn geneve_from_gateway_to(
+    fd: &std::os::fd::OwnedFd,
+    host: std::net::Ipv4Addr,
+    timeout: Duration,
+) -> Option<Vec<u8>> {
     let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 2048];
     while Instant::now() < deadline {
         if let Ok(n) = socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
             let frame = &buf[..n];
-            if decode(frame).is_ok_and(|d| d.outer_dst == H2 && d.udp_dst_port == GENEVE_PORT) {
+            if decode(frame).is_ok_and(|d| {
+                d.outer_dst == host && d.outer_src == GW && d.udp_dst_port == GENEVE_PORT
+            }) {
                 return Some(frame.to_vec());
             }
         }
     }
     None
+}
+
+/// What the pipeline makes of `packet` (with ample headroom) in the standard world: the
+/// bytes the gateway must put on the wire, and the verdict.
+fn expected_output(packet: &[u8]) -> (Verdict, Vec<u8>) {
+    let writer = world_tables();
+    let tables = writer.snapshot();
+    let mut buf = with_headroom(packet);
+    let mut frame = Frame::new(&mut buf, HEADROOM, packet.len()).expect("fits");
+    let verdict = process(&tables, &local(), &mut frame);
+    (verdict, frame.data().to_vec())
+}
+
+/// The Geneve option of `kind` in `d` as (first address, second address).
+fn option_addresses(d: &Decoded, kind: u8) -> Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)> {
+    d.option(kind).map(|o| {
+        let b = &o.body;
+        (
+            std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]),
+            std::net::Ipv4Addr::new(b[4], b[5], b[6], b[7]),
+        )
+    })
 }
 
 /// The worker core and the control core: the last online core works, the first controls.
@@ -312,6 +346,11 @@ fn cores() -> (u32, u32) {
 }
 
 fn write_config(dir: &Path, interface: &str) -> (PathBuf, PathBuf) {
+    write_config_with(dir, interface, "")
+}
+
+/// Like [`write_config`], with `extra` (whole TOML sections) appended.
+fn write_config_with(dir: &Path, interface: &str, extra: &str) -> (PathBuf, PathBuf) {
     let (control, worker) = cores();
     let tables = dir.join("tables.yaml");
     std::fs::write(
@@ -329,7 +368,7 @@ fn write_config(dir: &Path, interface: &str) -> (PathBuf, PathBuf) {
          [umem]\nframe_size = 4096\nframe_count = 4096\n\n\
          [rings]\nrx = 1024\ntx = 1024\nfill = 2048\ncompletion = 2048\n\n\
          [control]\ngrpc = \"unix://{}\"\nmetrics = \"{METRICS}\"\n\n\
-         [tables]\nfile = \"{}\"\n",
+         [tables]\nfile = \"{}\"\n\n{extra}",
         mac_text(GW_MAC),
         socket.display(),
         tables.display()
@@ -360,6 +399,37 @@ fn sample(text: &str, name: &str) -> Option<u64> {
         .find(|l| l.starts_with(&format!("{name}{{")))
         .and_then(|l| l.rsplit_once(' '))
         .and_then(|(_, v)| v.parse().ok())
+}
+
+/// Starts the gateway with the standard configuration and waits until its worker runs.
+fn start_forwarding(topo: &Topology, dir: &Path) -> (GatewayProcess, PathBuf) {
+    let (config, socket) = write_config(dir, IF);
+    let mut gateway = GatewayProcess::start(&topo.gateway, &config, dir);
+    wait_until_forwarding(topo, &mut gateway, &socket);
+    (gateway, socket)
+}
+
+fn wait_until_forwarding(topo: &Topology, gateway: &mut GatewayProcess, socket: &Path) {
+    gateway.wait_for(socket, Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !topo.gateway_has_xdp() {
+        assert!(
+            Instant::now() < deadline,
+            "no XDP program: {}",
+            gateway.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    metrics_when(&topo.gateway, |_| true, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// Stops the gateway with SIGTERM and checks it exits 0 leaving nothing attached.
+fn stop_cleanly(topo: &Topology, mut gateway: GatewayProcess) {
+    gateway.signal(Signal::SIGTERM);
+    let status = gateway.wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", gateway.stderr());
+    assert!(!topo.gateway_has_xdp(), "a program is still attached");
 }
 
 #[test]
@@ -437,6 +507,189 @@ fn the_binary_forwards_serves_metrics_and_shuts_down_cleanly() {
     assert_eq!(status.code(), Some(0), "{}", gateway.stderr());
     assert!(!topo.gateway_has_xdp(), "a program is still attached");
     assert!(!socket.exists(), "the socket file is still there");
+
+    // engine.zero_copy = "auto" (the default) on veth: one warning, then copy mode.
+    let stderr = gateway.stderr();
+    let warnings: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("zero-copy"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].contains(IF) && warnings[0].contains("95"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("worker bound") && l.contains("copy")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn zero_copy_on_is_refused_on_veth_in_one_line() {
+    let topo = Topology::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, socket) = write_config_with(
+        dir.path(),
+        IF,
+        "[engine]\nbatch_size = 64\nzero_copy = \"on\"\nneed_wakeup = true\n\
+         busy_poll_budget = 64\nbusy_poll_usecs = 20\n",
+    );
+    let mut gateway = GatewayProcess::start(&topo.gateway, &config, dir.path());
+    let status = gateway.wait(Duration::from_secs(20));
+    let stderr = gateway.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let errors: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.starts_with("sluice-gateway: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert_eq!(stderr.lines().last(), Some(errors[0]), "{stderr}");
+    assert!(
+        errors[0].contains(&format!(
+            "zero-copy unavailable on {IF} queue 0: Operation not supported; \
+             set engine.zero_copy = \"auto\" or \"off\""
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+    assert!(!topo.gateway_has_xdp(), "a program is still attached");
+    assert!(!socket.exists(), "the socket file is still there");
+}
+
+#[test]
+fn the_binary_answers_arp_for_a_peer_with_a_host_hint() {
+    let topo = Topology::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The reply goes back to the asking host, the sender.
+    let capture = capture(&topo.sender);
+    let (gateway, _socket) = start_forwarding(&topo, dir.path());
+
+    let packet = geneve_packet(
+        &OuterSpec::from_host(H1, H1_MAC, VNI_A),
+        &inner_arp_request(POD_A1_MAC, POD_A1, POD_A1B),
+    );
+    let (verdict, want) = expected_output(&packet);
+    assert_eq!(verdict, Verdict::Reply);
+    topo.send_frames(std::slice::from_ref(&packet));
+    let out = geneve_from_gateway_to(&capture, H1, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no ARP reply reached the sender: {}", gateway.stderr()));
+    let d = decode(&out).expect("decodes");
+    assert_eq!(d.outer_dst_mac, H1_MAC.0);
+    assert_eq!(d.outer_src_mac, GW_MAC.0);
+    assert_eq!(d.vni, VNI_A);
+    assert_eq!(option_addresses(&d, 0x01), Some((POD_A1B, H2)), "HOST_HINT");
+    assert_eq!(&d.inner[12..14], &[0x08, 0x06], "ARP");
+    assert_eq!(&d.inner[20..22], &[0, 2], "a reply");
+    assert_eq!(&d.inner[22..28], &POD_A1B_MAC.0, "A1B's MAC");
+    assert_eq!(&d.inner[28..32], &POD_A1B.octets());
+    assert_eq!(out, want, "byte for byte");
+    stop_cleanly(&topo, gateway);
+}
+
+#[test]
+fn the_binary_routes_across_subnets() {
+    let topo = Topology::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let capture = capture(&topo.receiver);
+    let (gateway, _socket) = start_forwarding(&topo, dir.path());
+
+    // A2 (subnet 10.0.2.0/24, on H3) to A1B (subnet 10.0.1.0/24, on H2, the receiver).
+    let inner = inner_udp(
+        POD_A2_MAC,
+        ROUTER_A2_MAC,
+        POD_A2,
+        POD_A1B,
+        (1000, 2000),
+        b"across",
+    );
+    let packet = geneve_packet(&OuterSpec::from_host(H3, H3_MAC, VNI_A), &inner);
+    let (verdict, want) = expected_output(&packet);
+    assert_eq!(verdict, Verdict::Forward);
+    topo.send_frames(std::slice::from_ref(&packet));
+    let out = geneve_to_h2(&capture, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("the routed packet did not arrive: {}", gateway.stderr()));
+    let d = decode(&out).expect("decodes");
+    assert_eq!(d.outer_dst_mac, H2_MAC.0);
+    assert_eq!(d.vni, VNI_A);
+    assert_eq!(&d.inner[0..6], &POD_A1B_MAC.0, "the destination's MAC");
+    assert_eq!(
+        &d.inner[6..12],
+        &ROUTER_A1_MAC.0,
+        "the router's MAC as source"
+    );
+    assert_eq!(d.inner[14 + 8], 63, "inner TTL decremented once");
+    assert_eq!(
+        &d.inner[14 + 12..],
+        &inner[14 + 12..],
+        "addresses and payload"
+    );
+    check_inner_checksums(&d.inner).expect("inner checksums");
+    assert_eq!(out, want, "byte for byte");
+    stop_cleanly(&topo, gateway);
+}
+
+#[test]
+fn the_binary_dnats_a_service_vip_to_a_backend_on_the_receiver() {
+    let topo = Topology::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let capture = capture(&topo.receiver);
+    let (gateway, _socket) = start_forwarding(&topo, dir.path());
+
+    // A flow Maglev sends to A1B, the backend on H2 (the receiver).
+    let (packet, want) = (20_000..21_000u16)
+        .map(|port| {
+            geneve_packet(
+                &OuterSpec::from_host(H1, H1_MAC, VNI_A),
+                &inner_tcp(
+                    POD_A1_MAC,
+                    ROUTER_A1_MAC,
+                    POD_A1,
+                    VIP_TCP,
+                    (port, VIP_TCP_PORT),
+                    b"GET /",
+                ),
+            )
+        })
+        .find_map(|packet| {
+            let (verdict, out) = expected_output(&packet);
+            let to_h2 = decode(&out).is_ok_and(|d| d.outer_dst == H2);
+            (verdict == Verdict::Forward && to_h2).then_some((packet, out))
+        })
+        .expect("some flow goes to A1B");
+    topo.send_frames(std::slice::from_ref(&packet));
+    let out = geneve_to_h2(&capture, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("the DNAT packet did not arrive: {}", gateway.stderr()));
+    let d = decode(&out).expect("decodes");
+    assert_eq!(&d.inner[30..34], &POD_A1B.octets(), "inner destination");
+    assert_eq!(u16::from_be_bytes([d.inner[36], d.inner[37]]), 8080);
+    let orig = d.option(0x03).expect("SERVICE_ORIG");
+    assert_eq!(orig.body, [10, 96, 0, 10, 0, 80, 6, 0]);
+    check_inner_checksums(&d.inner).expect("inner checksums");
+    assert_eq!(out, want, "byte for byte");
+    stop_cleanly(&topo, gateway);
+}
+
+#[test]
+fn non_geneve_traffic_reaches_the_gateways_kernel() {
+    let topo = Topology::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (gateway, _socket) = start_forwarding(&topo, dir.path());
+    let gw = GW.to_string();
+    let out = nsenter(
+        &topo.sender,
+        &["ping", "-c", "3", "-i", "0.2", "-W", "2", &gw],
+    );
+    assert!(
+        out.status.success(),
+        "ping {gw}: {}{}; gateway: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        gateway.stderr()
+    );
+    stop_cleanly(&topo, gateway);
 }
 
 #[test]

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc as async_mpsc;
 
 use self::metrics::{Published, PublishedWorker};
-use crate::config::{ConfigError, GatewayConfig, GrpcListen, Plan, ZeroCopy};
+use crate::config::{ConfigError, GatewayConfig, GrpcListen, Plan};
 use crate::engine::{self, CounterSlot, EngineError, EngineSettings, Worker};
 use crate::nic::{NicError, NicProgram, XdpMode};
 use crate::pipeline::Local;
@@ -40,10 +40,6 @@ pub enum RunError {
     HostFacts(std::io::Error),
     #[error("workers[core {core}]: serves {count} queues; one queue per worker core for now (list more cores in cores.workers, one per queue)")]
     SeveralQueues { core: u32, count: usize },
-    #[error(
-        "engine.zero_copy = \"on\": zero-copy is not implemented yet; use \"auto\" or \"off\""
-    )]
-    ZeroCopyUnsupported,
     #[error("tables.file {path}: {problem}")]
     Tables { path: String, problem: String },
     #[error("tables.file {path}: rejected: {rejected}")]
@@ -107,9 +103,6 @@ pub fn run(config: &GatewayConfig, plan: &Plan) -> Result<(), RunError> {
                 count: worker.queues.len(),
             });
         }
-    }
-    if config.engine.zero_copy == ZeroCopy::On {
-        return Err(RunError::ZeroCopyUnsupported);
     }
 
     let mut writer = TableWriter::new();
@@ -180,7 +173,7 @@ pub fn run(config: &GatewayConfig, plan: &Plan) -> Result<(), RunError> {
                         return;
                     }
                 };
-                let _ = fd_tx.send(Ok(worker.fd()));
+                let _ = fd_tx.send(Ok((worker.fd(), worker.zero_copy())));
                 if let Err(source) = worker.run_published(&stop, &slot) {
                     let _ = failed.send(Stop::WorkerFailed(RunError::Worker {
                         core,
@@ -195,10 +188,17 @@ pub fn run(config: &GatewayConfig, plan: &Plan) -> Result<(), RunError> {
                 source,
             })?;
         running.workers.push(handle);
-        let fd = fd_rx
+        let (fd, zero_copy) = fd_rx
             .recv()
             .map_err(|_| RunError::Panicked("worker"))?
             .map_err(worker_error)?;
+        tracing::info!(
+            core = plan_worker.core,
+            interface = queue.interface,
+            queue = queue.queue,
+            mode = if zero_copy { "zero-copy" } else { "copy" },
+            "worker bound"
+        );
         let program = running
             .programs
             .iter_mut()
@@ -233,6 +233,10 @@ fn engine_settings(config: &GatewayConfig) -> EngineSettings {
         rx_ring: config.rings.rx,
         tx_ring: config.rings.tx,
         batch_size: config.engine.batch_size,
+        zero_copy: config.engine.zero_copy,
+        need_wakeup: config.engine.need_wakeup,
+        busy_poll_usecs: config.engine.busy_poll_usecs,
+        busy_poll_budget: config.engine.busy_poll_budget,
         ..EngineSettings::default()
     }
 }

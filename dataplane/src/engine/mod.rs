@@ -7,8 +7,10 @@
 //! kernel while TX descriptors are outstanding. Nothing in the loop allocates, locks or
 //! makes a syscall per packet; the only syscalls are TX kicks (and an idle `poll`).
 //!
-//! Prototype scope: one socket per worker, copy mode. Multi-queue workers, zero-copy and
-//! the configuration wiring come with issue 3.
+//! Scope: one socket per worker. Zero-copy is bound when asked for (`ZeroCopy::On`) or
+//! tried first (`ZeroCopy::Auto`, falling back to copy mode with one warning). In copy
+//! mode TX is kicked whenever descriptors are outstanding; in zero-copy mode only when the
+//! kernel asks for it (need-wakeup).
 //!
 //! This module must not know about tables' internals or the control plane: it reads the
 //! tables through a [`TableReader`](crate::tables::TableReader) once per batch.
@@ -25,7 +27,7 @@ mod settings;
 mod worker;
 
 pub use counters::{CounterSlot, WorkerCounters};
-pub use settings::EngineSettings;
+pub use settings::{EngineSettings, ZeroCopy};
 pub use worker::Worker;
 
 use std::io;
@@ -52,6 +54,12 @@ pub enum EngineError {
         attempts: u32,
         reason: String,
         source: Option<io::Error>,
+    },
+    #[error("zero-copy unavailable on {ifname} queue {queue}: {reason}; set engine.zero_copy = \"auto\" or \"off\"")]
+    ZeroCopyUnavailable {
+        ifname: String,
+        queue: u32,
+        reason: String,
     },
     #[error("the AF_XDP socket on {ifname} queue {queue} did not get the UMEM's fill and completion rings (the UMEM is shared with another socket)")]
     NoFillRing { ifname: String, queue: u32 },

@@ -2,6 +2,7 @@
 //! `[rings]` and `[engine]` sections of `config::GatewayConfig`).
 
 use super::EngineError;
+pub use crate::config::ZeroCopy;
 use crate::pipeline::REQUIRED_HEADROOM;
 
 /// The kernel's XDP headroom in front of every received packet (`XDP_PACKET_HEADROOM`).
@@ -26,6 +27,16 @@ pub struct EngineSettings {
     /// 0 never sleeps (pure busy polling).
     pub idle_spins: u32,
     pub idle_poll_ms: i32,
+    /// Bind with `XDP_ZEROCOPY` (`On`), copy mode (`Off`), or try zero-copy and fall
+    /// back to copy mode when the driver has none (`Auto`; veth has none).
+    pub zero_copy: ZeroCopy,
+    /// Bind with `XDP_USE_NEED_WAKEUP`.
+    pub need_wakeup: bool,
+    /// `SO_BUSY_POLL` in microseconds, with `SO_PREFER_BUSY_POLL`; 0 (or a zero budget)
+    /// leaves busy polling off.
+    pub busy_poll_usecs: u32,
+    /// `SO_BUSY_POLL_BUDGET`: packets per busy poll.
+    pub busy_poll_budget: u32,
 }
 
 impl Default for EngineSettings {
@@ -40,6 +51,10 @@ impl Default for EngineSettings {
             batch_size: 64,
             idle_spins: 1024,
             idle_poll_ms: 1,
+            zero_copy: ZeroCopy::Auto,
+            need_wakeup: true,
+            busy_poll_usecs: 0,
+            busy_poll_budget: 0,
         }
     }
 }

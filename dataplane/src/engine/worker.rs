@@ -16,8 +16,10 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
+use nix::libc;
+
 use super::headroom::process_shifted;
-use super::{CounterSlot, EngineError, EngineSettings, WorkerCounters};
+use super::{CounterSlot, EngineError, EngineSettings, WorkerCounters, ZeroCopy};
 use crate::pipeline::{self, Local, Verdict, REQUIRED_HEADROOM};
 use crate::tables::TableReader;
 
@@ -51,6 +53,8 @@ pub struct Worker {
     counters: WorkerCounters,
     ifname: String,
     queue: u32,
+    /// Bound with `XDP_ZEROCOPY` (otherwise copy mode).
+    zero_copy: bool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -58,6 +62,7 @@ impl std::fmt::Debug for Worker {
         f.debug_struct("Worker")
             .field("ifname", &self.ifname)
             .field("queue", &self.queue)
+            .field("zero_copy", &self.zero_copy)
             .field("fd", &self.fd())
             .field("stash", &self.stash.len())
             .field("outstanding", &self.outstanding)
@@ -67,8 +72,9 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
-    /// Creates the UMEM and binds a copy-mode AF_XDP socket to `ifname` queue `queue` in
-    /// the calling thread's network namespace, retrying while the queue is busy. The
+    /// Creates the UMEM and binds an AF_XDP socket to `ifname` queue `queue` in the
+    /// calling thread's network namespace, retrying while the queue is busy: zero-copy or
+    /// copy mode as `settings.zero_copy` says ([`Self::zero_copy`] tells which). The
     /// socket receives nothing until its fd is in the NIC program's XSKMAP
     /// ([`NicProgram::set_socket`](crate::nic::NicProgram::set_socket) with [`Self::fd`]).
     /// libxdp's own program is never loaded.
@@ -101,43 +107,67 @@ impl Worker {
         let (umem, descs) =
             Umem::new(umem_config, frame_count, false).map_err(|e| umem_error(Box::new(e)))?;
 
-        let socket_config = SocketConfig::builder()
-            .rx_queue_size(queue_size(s.rx_ring)?)
-            .tx_queue_size(queue_size(s.tx_ring)?)
-            // Our NIC program is attached already (PLATFORM.md pitfall 9).
-            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-            .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
-            .build();
+        let mode_flags = if s.need_wakeup {
+            BindFlags::XDP_USE_NEED_WAKEUP
+        } else {
+            BindFlags::empty()
+        };
+        let socket_config = |zero_copy: bool| {
+            let mode = if zero_copy {
+                BindFlags::XDP_ZEROCOPY
+            } else {
+                BindFlags::XDP_COPY
+            };
+            SocketConfig::builder()
+                .rx_queue_size(QueueSize::new(s.rx_ring).expect("validated above"))
+                .tx_queue_size(QueueSize::new(s.tx_ring).expect("validated above"))
+                // Our NIC program is attached already (PLATFORM.md pitfall 9).
+                .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+                .bind_flags(mode_flags | mode)
+                .build()
+        };
+        queue_size(s.rx_ring)?;
+        queue_size(s.tx_ring)?;
         let name = CString::new(ifname).map_err(|_| EngineError::InterfaceName(ifname.into()))?;
         let interface = Interface::new(name);
-        let mut attempt = 0;
-        let (tx, rx, fill_and_comp) = loop {
-            attempt += 1;
-            // SAFETY: the UMEM was just created and is used by this one socket only; the
-            // worker keeps the UMEM after the rings (field order), so it outlives them.
-            match unsafe { Socket::new(socket_config, &umem, &interface, queue) } {
-                Ok(queues) => break queues,
-                Err(e) => {
-                    let source = std::error::Error::source(&e)
-                        .and_then(|s| s.downcast_ref::<io::Error>())
-                        .map(|io| io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(0)));
-                    let busy = source
-                        .as_ref()
-                        .is_some_and(|io| io.raw_os_error() == Some(libc_ebusy()));
-                    if busy && attempt < BIND_ATTEMPTS {
-                        std::thread::sleep(BIND_BACKOFF);
-                        continue;
-                    }
-                    return Err(EngineError::Bind {
-                        ifname: ifname.into(),
-                        queue,
-                        attempts: attempt,
-                        reason: e.to_string(),
-                        source,
-                    });
-                }
-            }
+        let bind =
+            |zero_copy: bool| bind_retrying(socket_config(zero_copy), &umem, &interface, queue);
+        let bind_error = |failure: BindFailure| EngineError::Bind {
+            ifname: ifname.into(),
+            queue,
+            attempts: failure.attempts,
+            reason: failure.reason,
+            source: failure.source,
         };
+        let ((tx, rx, fill_and_comp), zero_copy) = match s.zero_copy {
+            ZeroCopy::Off => (bind(false).map_err(bind_error)?, false),
+            ZeroCopy::On | ZeroCopy::Auto => match bind(true) {
+                Ok(queues) => (queues, true),
+                Err(failure) if failure.errno() == Some(EOPNOTSUPP) => {
+                    // strerror's text ("Operation not supported"), without "(os error 95)".
+                    let text = io::Error::from_raw_os_error(EOPNOTSUPP).to_string();
+                    let reason = text.split(" (os error").next().unwrap_or(&text);
+                    if s.zero_copy == ZeroCopy::On {
+                        return Err(EngineError::ZeroCopyUnavailable {
+                            ifname: ifname.into(),
+                            queue,
+                            reason: reason.into(),
+                        });
+                    }
+                    tracing::warn!(
+                        interface = ifname,
+                        queue,
+                        errno = EOPNOTSUPP,
+                        "zero-copy unavailable ({reason}); using copy mode"
+                    );
+                    (bind(false).map_err(bind_error)?, false)
+                }
+                Err(failure) => return Err(bind_error(failure)),
+            },
+        };
+        if s.busy_poll_usecs > 0 && s.busy_poll_budget > 0 {
+            set_busy_poll(rx.fd().as_raw_fd(), s.busy_poll_usecs, s.busy_poll_budget)?;
+        }
         let (fill, comp) = fill_and_comp.ok_or_else(|| EngineError::NoFillRing {
             ifname: ifname.into(),
             queue,
@@ -163,6 +193,7 @@ impl Worker {
             counters: WorkerCounters::default(),
             ifname: ifname.into(),
             queue,
+            zero_copy,
         };
         worker.refill();
         Ok(worker)
@@ -171,6 +202,11 @@ impl Worker {
     /// The socket's fd, for the NIC program's XSKMAP.
     pub fn fd(&self) -> RawFd {
         self.rx.fd().as_raw_fd()
+    }
+
+    /// Whether the socket is bound in zero-copy mode (otherwise copy mode).
+    pub fn zero_copy(&self) -> bool {
+        self.zero_copy
     }
 
     pub fn counters(&self) -> &WorkerCounters {
@@ -238,10 +274,17 @@ impl Worker {
                 self.transmit(to_send, stop);
             }
             if self.outstanding > 0 {
-                // Copy mode sends at most 32 frames per kick and only when kicked, so kick
-                // whenever anything is outstanding (PLATFORM.md pitfall 6).
-                self.kick()?;
+                if self.tx_needs_kick() {
+                    self.kick()?;
+                }
             } else if received == 0 {
+                if self.zero_copy && self.settings.need_wakeup && self.fill.needs_wakeup() {
+                    // The driver stopped pulling from the fill ring until woken.
+                    self.rx.poll(0).map_err(|source| EngineError::Socket {
+                        syscall: "poll (fill wakeup)",
+                        source,
+                    })?;
+                }
                 idle = idle.saturating_add(1);
                 if self.settings.idle_spins > 0 && idle >= self.settings.idle_spins {
                     self.rx.poll(self.settings.idle_poll_ms).map_err(|source| {
@@ -324,13 +367,20 @@ impl Worker {
             }
             if sent < count {
                 self.counters.tx_ring_full += 1;
-                if stop.load(Ordering::Relaxed) || self.kick().is_err() {
+                if stop.load(Ordering::Relaxed) || (self.tx_needs_kick() && self.kick().is_err()) {
                     self.stash.extend_from_slice(&self.tx_batch[sent..count]);
                     return;
                 }
                 self.complete();
             }
         }
+    }
+
+    /// Copy mode sends at most 32 frames per kick and only when kicked, so it is kicked
+    /// whenever anything is outstanding (PLATFORM.md pitfall 6). Zero-copy drivers send
+    /// on their own and set the need-wakeup flag when they want a kick.
+    fn tx_needs_kick(&self) -> bool {
+        !self.zero_copy || !self.settings.need_wakeup || self.tx.needs_wakeup()
     }
 
     fn kick(&mut self) -> Result<(), EngineError> {
@@ -375,7 +425,95 @@ impl Worker {
     }
 }
 
-/// EBUSY, without a libc dependency for one constant.
-const fn libc_ebusy() -> i32 {
-    16
+const EBUSY: i32 = libc::EBUSY;
+const EOPNOTSUPP: i32 = libc::EOPNOTSUPP;
+
+/// What a bind gives: the socket's rings, and the UMEM's if this is its first socket.
+type Bound = (TxQueue, RxQueue, Option<(FillQueue, CompQueue)>);
+
+/// A bind that failed for good.
+struct BindFailure {
+    attempts: u32,
+    reason: String,
+    source: Option<io::Error>,
+}
+
+impl BindFailure {
+    fn errno(&self) -> Option<i32> {
+        self.source.as_ref().and_then(io::Error::raw_os_error)
+    }
+}
+
+/// Binds a socket on `queue`, retrying while the queue is busy (PLATFORM.md pitfall 8).
+fn bind_retrying(
+    config: SocketConfig,
+    umem: &Umem,
+    interface: &Interface,
+    queue: u32,
+) -> Result<Bound, BindFailure> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        // SAFETY: the UMEM was just created and is used by this one socket only; the
+        // worker keeps the UMEM after the rings (field order), so it outlives them.
+        match unsafe { Socket::new(config, umem, interface, queue) } {
+            Ok(queues) => return Ok(queues),
+            Err(e) => {
+                let source = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<io::Error>())
+                    .map(|io| io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(0)));
+                let busy = source
+                    .as_ref()
+                    .is_some_and(|io| io.raw_os_error() == Some(EBUSY));
+                if busy && attempt < BIND_ATTEMPTS {
+                    std::thread::sleep(BIND_BACKOFF);
+                    continue;
+                }
+                return Err(BindFailure {
+                    attempts: attempt,
+                    reason: e.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Turns on busy polling for the socket: `SO_PREFER_BUSY_POLL`, `SO_BUSY_POLL` and
+/// `SO_BUSY_POLL_BUDGET` (raising the budget needs CAP_NET_ADMIN).
+fn set_busy_poll(fd: RawFd, usecs: u32, budget: u32) -> Result<(), EngineError> {
+    let options: [(libc::c_int, &'static str, u32); 3] = [
+        (
+            libc::SO_PREFER_BUSY_POLL,
+            "setsockopt(SO_PREFER_BUSY_POLL)",
+            1,
+        ),
+        (libc::SO_BUSY_POLL, "setsockopt(SO_BUSY_POLL)", usecs),
+        (
+            libc::SO_BUSY_POLL_BUDGET,
+            "setsockopt(SO_BUSY_POLL_BUDGET)",
+            budget,
+        ),
+    ];
+    for (option, syscall, value) in options {
+        let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `fd` is this worker's open socket; the value is a c_int that lives
+        // across the call and its size is passed along.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                std::ptr::from_ref(&value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(EngineError::Socket {
+                syscall,
+                source: io::Error::last_os_error(),
+            });
+        }
+    }
+    Ok(())
 }
