@@ -17,6 +17,8 @@ apt_packages=(build-essential pkg-config python3 python3-pip)
 # nsenter (util-linux) and ping; gcc-multilib provides the asm/ headers libxdp's BPF
 # objects include.
 apt_packages+=(clang llvm libelf-dev zlib1g-dev m4 iproute2 iputils-ping gcc-multilib)
+# Benchmarks tune the veths under test (scripts/bench-gateway.sh).
+apt_packages+=(ethtool)
 # promtool (package prometheus) checks the gateway's metrics text
 # (dataplane/tests/gateway_binary.rs).
 apt_packages+=(prometheus)
