@@ -7,18 +7,11 @@
 //! even when a test fails; the only processes started are `ip` and `nsenter` running
 //! `python3` (scapy), all waited for.
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::sched::{setns, CloneFlags};
-use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
-use nix::sys::time::{TimeVal, TimeValLike};
-use sluice_api::MacAddr;
 use sluice_dataplane::engine::{
     self, EngineError, EngineSettings, Worker, WorkerCounters, ZeroCopy,
 };
@@ -26,171 +19,9 @@ use sluice_dataplane::nic::{NicProgram, XdpMode};
 use sluice_dataplane::pipeline::{process, DropReason, Frame, Verdict};
 use sluice_dataplane::testkit::*;
 
-/// Every namespace's interface onto the segment.
-const IF: &str = "eth0";
+mod common;
 
-struct Topology {
-    bridge: String,
-    sender: String,
-    gateway: String,
-    receiver: String,
-}
-
-impl Topology {
-    fn new() -> Self {
-        assert_root();
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let base = format!(
-            "sl-eng-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        // The guard exists before anything is created, so a failure halfway cleans up.
-        let topo = Topology {
-            bridge: format!("{base}-br"),
-            sender: format!("{base}-s"),
-            gateway: format!("{base}-g"),
-            receiver: format!("{base}-r"),
-        };
-        for ns in topo.all() {
-            ip(&["netns", "add", ns]);
-            topo.in_ns(ns, || {
-                // No IPv6 chatter on the segment.
-                std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
-                    .expect("disabling IPv6");
-            });
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        let br = &topo.bridge;
-        // A plain L2 segment: br_netfilter (loaded on these machines) checks IPv4 headers
-        // on bridges and drops the malformed frames the tests send. The per-netns sysctls
-        // and the bridge's own options are OR-ed: both must be off.
-        topo.in_ns(br, || {
-            for table in ["iptables", "ip6tables", "arptables"] {
-                let path = format!("/proc/sys/net/bridge/bridge-nf-call-{table}");
-                if std::path::Path::new(&path).exists() {
-                    std::fs::write(&path, "0").expect("turning br_netfilter off");
-                }
-            }
-        });
-        ip(&[
-            "-n",
-            br,
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "nf_call_iptables",
-            "0",
-            "nf_call_ip6tables",
-            "0",
-            "nf_call_arptables",
-            "0",
-        ]);
-        ip(&["-n", br, "link", "set", "br0", "up"]);
-        for (ns, port, mac, addr) in [
-            (&topo.sender, "s", H1_MAC, H1),
-            (&topo.gateway, "g", GW_MAC, GW),
-            (&topo.receiver, "r", H2_MAC, H2),
-        ] {
-            // One queue each (PLATFORM.md pitfall 4).
-            ip(&[
-                "-n",
-                ns,
-                "link",
-                "add",
-                IF,
-                "numtxqueues",
-                "1",
-                "numrxqueues",
-                "1",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                port,
-                "netns",
-                br,
-                "numtxqueues",
-                "1",
-                "numrxqueues",
-                "1",
-            ]);
-            ip(&["-n", ns, "link", "set", IF, "address", &mac_text(mac)]);
-            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", IF]);
-            ip(&["-n", ns, "link", "set", IF, "up"]);
-            ip(&["-n", br, "link", "set", port, "master", "br0"]);
-            ip(&["-n", br, "link", "set", port, "up"]);
-        }
-        topo
-    }
-
-    fn all(&self) -> [&String; 4] {
-        [&self.bridge, &self.sender, &self.gateway, &self.receiver]
-    }
-
-    /// Runs `f` on a thread that has entered namespace `ns`.
-    fn in_ns<T: Send>(&self, ns: &str, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                enter(ns);
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
-    }
-
-    fn nsenter(&self, ns: &str, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{ns}"))
-            .arg("--")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running nsenter")
-    }
-
-    /// Sends raw Ethernet frames from the sender's interface (scapy's `sendp`).
-    fn send_frames(&self, frames: &[Vec<u8>]) {
-        let hex: Vec<String> = frames.iter().map(|f| hex(f)).collect();
-        let script = format!(
-            "import sys\n\
-             from scapy.all import Raw, sendp\n\
-             sendp([Raw(bytes.fromhex(h)) for h in sys.argv[1:]], iface={IF:?}, verbose=False)\n"
-        );
-        let mut args = vec!["python3", "-c", &script];
-        args.extend(hex.iter().map(String::as_str));
-        let out = self.nsenter(&self.sender, &args);
-        assert!(
-            out.status.success(),
-            "scapy failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Whether an XDP program is attached to the gateway's interface.
-    fn gateway_has_xdp(&self) -> bool {
-        ip(&["-n", &self.gateway, "-j", "-d", "link", "show", "dev", IF]).contains("\"xdp\"")
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in self.all() {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-fn enter(ns: &str) {
-    let handle = File::open(format!("/run/netns/{ns}")).expect("opening the netns");
-    setns(&handle, CloneFlags::CLONE_NEWNET).expect("setns");
-}
+use common::*;
 
 /// The NIC program and one worker thread on queue 0 of the gateway's interface. Dropping
 /// it (even while unwinding) clears the XSKMAP slot, stops and joins the worker, then
@@ -204,20 +35,19 @@ struct Gateway {
 }
 
 impl Gateway {
-    fn start(topo: &Topology, writer: &sluice_dataplane::tables::TableWriter) -> Gateway {
+    fn start(topo: &Segment, writer: &sluice_dataplane::tables::TableWriter) -> Gateway {
         Gateway::start_with(topo, writer, EngineSettings::default())
     }
 
     fn start_with(
-        topo: &Topology,
+        topo: &Segment,
         writer: &sluice_dataplane::tables::TableWriter,
         settings: EngineSettings,
     ) -> Gateway {
-        let program = topo
-            .in_ns(&topo.gateway, || {
-                NicProgram::attach(IF, XdpMode::Native, &[GW])
-            })
-            .unwrap_or_else(|e| panic!("attach: {e}"));
+        let program = in_ns(&topo.gateway, || {
+            NicProgram::attach(IF, XdpMode::Native, &[GW])
+        })
+        .unwrap_or_else(|e| panic!("attach: {e}"));
         let stop = Arc::new(AtomicBool::new(false));
         let (fd_tx, fd_rx) = mpsc::channel();
         let reader = writer.reader();
@@ -303,53 +133,18 @@ impl Drop for Gateway {
 struct Capture(std::os::fd::OwnedFd);
 
 impl Capture {
-    fn open(topo: &Topology) -> Capture {
-        topo.in_ns(&topo.receiver, || {
-            let fd = socket::socket(
-                AddressFamily::Packet,
-                SockType::Raw,
-                SockFlag::empty(),
-                SockProtocol::EthAll,
-            )
-            .expect("AF_PACKET socket");
-            socket::setsockopt(
-                &fd,
-                socket::sockopt::ReceiveTimeout,
-                &TimeVal::milliseconds(100),
-            )
-            .expect("SO_RCVTIMEO");
-            // Room for a whole burst: the default buffer holds about 200 small frames.
-            socket::setsockopt(&fd, socket::sockopt::RcvBufForce, &(8 << 20))
-                .expect("SO_RCVBUFFORCE");
-            Capture(fd)
-        })
+    fn open(topo: &Segment) -> Capture {
+        Capture(capture(&topo.receiver))
     }
 
     /// Every frame captured within `window`.
     fn frames(&self, window: Duration) -> Vec<Vec<u8>> {
-        let deadline = Instant::now() + window;
-        let mut frames = Vec::new();
-        let mut buf = [0u8; 2048];
-        while Instant::now() < deadline {
-            if let Ok(n) = socket::recv(self.0.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-                frames.push(buf[..n].to_vec());
-            }
-        }
-        frames
+        receive_all(&self.0, window)
     }
 
     /// The first captured Geneve frame addressed to H2, waiting up to `timeout`.
     fn geneve_to_h2(&self, timeout: Duration) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 2048];
-        while Instant::now() < deadline {
-            if let Ok(n) = socket::recv(self.0.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-                if is_geneve_to_h2(&buf[..n]) {
-                    return Some(buf[..n].to_vec());
-                }
-            }
-        }
-        None
+        receive_matching(&self.0, timeout, is_geneve_to_h2)
     }
 }
 
@@ -384,7 +179,7 @@ fn expected_output(packet: &[u8]) -> Vec<u8> {
 
 #[test]
 fn the_worker_bounces_geneve_drops_malformed_frames_and_stops_cleanly() {
-    let topo = Topology::new();
+    let topo = Segment::new("sl-eng");
     let writer = world_tables();
     let capture = Capture::open(&topo);
     let mut gateway = Gateway::start(&topo, &writer);
@@ -446,7 +241,7 @@ fn the_worker_bounces_geneve_drops_malformed_frames_and_stops_cleanly() {
 #[test]
 fn the_worker_forwards_a_burst_without_losing_frames() {
     const BURST: usize = 300;
-    let topo = Topology::new();
+    let topo = Segment::new("sl-eng");
     let writer = world_tables();
     let capture = Capture::open(&topo);
     let mut gateway = Gateway::start(&topo, &writer);
@@ -469,7 +264,7 @@ fn the_worker_forwards_a_burst_without_losing_frames() {
 #[test]
 fn zero_copy_auto_falls_back_to_copy_mode_on_veth_and_forwards() {
     for need_wakeup in [true, false] {
-        let topo = Topology::new();
+        let topo = Segment::new("sl-eng");
         let writer = world_tables();
         let capture = Capture::open(&topo);
         let settings = EngineSettings {
@@ -498,17 +293,16 @@ fn zero_copy_auto_falls_back_to_copy_mode_on_veth_and_forwards() {
 
 #[test]
 fn zero_copy_on_is_refused_on_veth_naming_interface_and_queue() {
-    let topo = Topology::new();
+    let topo = Segment::new("sl-eng");
     let writer = world_tables();
     let settings = EngineSettings {
         zero_copy: ZeroCopy::On,
         ..EngineSettings::default()
     };
-    let err = topo
-        .in_ns(&topo.gateway, || {
-            Worker::new(IF, 0, &settings, writer.reader(), local())
-        })
-        .expect_err("veth has no zero-copy");
+    let err = in_ns(&topo.gateway, || {
+        Worker::new(IF, 0, &settings, writer.reader(), local())
+    })
+    .expect_err("veth has no zero-copy");
     assert!(
         matches!(err, EngineError::ZeroCopyUnavailable { .. }),
         "{err:?}"
@@ -537,51 +331,17 @@ fn pinning_to_a_core_that_does_not_exist_is_a_clear_error() {
 
 #[test]
 fn binding_to_a_missing_interface_names_it() {
-    let topo = Topology::new();
+    let topo = Segment::new("sl-eng");
     let writer = world_tables();
-    let err = topo
-        .in_ns(&topo.gateway, || {
-            Worker::new(
-                "nosuch0",
-                0,
-                &EngineSettings::default(),
-                writer.reader(),
-                local(),
-            )
-        })
-        .expect_err("no such interface");
+    let err = in_ns(&topo.gateway, || {
+        Worker::new(
+            "nosuch0",
+            0,
+            &EngineSettings::default(),
+            writer.reader(),
+            local(),
+        )
+    })
+    .expect_err("no such interface");
     assert!(err.to_string().contains("nosuch0"), "{err}");
-}
-
-fn assert_root() {
-    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc");
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .expect("Uid line");
-    assert_eq!(euid, "0", "the engine tests need root (namespaces, XDP)");
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
-fn mac_text(mac: MacAddr) -> String {
-    mac.0
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

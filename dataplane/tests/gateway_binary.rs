@@ -10,157 +10,23 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
-use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
-use nix::sys::time::{TimeVal, TimeValLike};
 use nix::unistd::Pid;
-use sluice_api::MacAddr;
 use sluice_dataplane::appliance::metrics;
 use sluice_dataplane::pipeline::{process, Frame, Verdict};
 use sluice_dataplane::testkit::*;
 
+mod common;
+
+use common::*;
+
 const BIN: &str = env!("CARGO_BIN_EXE_sluice-gateway");
-/// Every namespace's interface onto the segment.
-const IF: &str = "eth0";
 /// Each gateway namespace has its own loopback, so every test can use this address.
 const METRICS: &str = "127.0.0.1:9471";
-
-struct Topology {
-    bridge: String,
-    sender: String,
-    gateway: String,
-    receiver: String,
-}
-
-impl Topology {
-    fn new() -> Self {
-        assert_root();
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let base = format!(
-            "sl-gwb-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        // The guard exists before anything is created, so a failure halfway cleans up.
-        let topo = Topology {
-            bridge: format!("{base}-br"),
-            sender: format!("{base}-s"),
-            gateway: format!("{base}-g"),
-            receiver: format!("{base}-r"),
-        };
-        for ns in topo.all() {
-            ip(&["netns", "add", ns]);
-            in_ns(ns, || {
-                std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
-                    .expect("disabling IPv6");
-            });
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        let br = &topo.bridge;
-        // br_netfilter would check IPv4 headers on the bridge (see tests/engine.rs).
-        in_ns(br, || {
-            for table in ["iptables", "ip6tables", "arptables"] {
-                let path = format!("/proc/sys/net/bridge/bridge-nf-call-{table}");
-                if Path::new(&path).exists() {
-                    std::fs::write(&path, "0").expect("turning br_netfilter off");
-                }
-            }
-        });
-        ip(&[
-            "-n",
-            br,
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "nf_call_iptables",
-            "0",
-            "nf_call_ip6tables",
-            "0",
-            "nf_call_arptables",
-            "0",
-        ]);
-        ip(&["-n", br, "link", "set", "br0", "up"]);
-        for (ns, port, mac, addr) in [
-            (&topo.sender, "s", H1_MAC, H1),
-            (&topo.gateway, "g", GW_MAC, GW),
-            (&topo.receiver, "r", H2_MAC, H2),
-        ] {
-            ip(&[
-                "-n",
-                ns,
-                "link",
-                "add",
-                IF,
-                "numtxqueues",
-                "1",
-                "numrxqueues",
-                "1",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                port,
-                "netns",
-                br,
-                "numtxqueues",
-                "1",
-                "numrxqueues",
-                "1",
-            ]);
-            ip(&["-n", ns, "link", "set", IF, "address", &mac_text(mac)]);
-            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", IF]);
-            ip(&["-n", ns, "link", "set", IF, "up"]);
-            ip(&["-n", br, "link", "set", port, "master", "br0"]);
-            ip(&["-n", br, "link", "set", port, "up"]);
-        }
-        topo
-    }
-
-    fn all(&self) -> [&String; 4] {
-        [&self.bridge, &self.sender, &self.gateway, &self.receiver]
-    }
-
-    fn send_frames(&self, frames: &[Vec<u8>]) {
-        let hex: Vec<String> = frames.iter().map(|f| hex(f)).collect();
-        let script = format!(
-            "import sys\n\
-             from scapy.all import Raw, sendp\n\
-             sendp([Raw(bytes.fromhex(h)) for h in sys.argv[1:]], iface={IF:?}, verbose=False)\n"
-        );
-        let mut args = vec!["python3", "-c", &script];
-        args.extend(hex.iter().map(String::as_str));
-        let out = nsenter(&self.sender, &args);
-        assert!(
-            out.status.success(),
-            "scapy failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn gateway_has_xdp(&self) -> bool {
-        ip(&["-n", &self.gateway, "-j", "-d", "link", "show", "dev", IF]).contains("\"xdp\"")
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in self.all() {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
 
 /// The gateway process; killed (by its PID) and reaped if the test ends while it runs.
 struct GatewayProcess {
@@ -246,48 +112,6 @@ impl Drop for GatewayProcess {
     }
 }
 
-fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let handle = File::open(format!("/run/netns/{ns}")).expect("opening the netns");
-            setns(&handle, CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
-fn nsenter(ns: &str, args: &[&str]) -> Output {
-    Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{ns}"))
-        .arg("--")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running nsenter")
-}
-
-/// An AF_PACKET socket seeing every frame of namespace `ns`.
-fn capture(ns: &str) -> std::os::fd::OwnedFd {
-    in_ns(ns, || {
-        let fd = socket::socket(
-            AddressFamily::Packet,
-            SockType::Raw,
-            SockFlag::empty(),
-            SockProtocol::EthAll,
-        )
-        .expect("AF_PACKET socket");
-        socket::setsockopt(
-            &fd,
-            socket::sockopt::ReceiveTimeout,
-            &TimeVal::milliseconds(100),
-        )
-        .expect("SO_RCVTIMEO");
-        fd
-    })
-}
-
 fn geneve_to_h2(fd: &std::os::fd::OwnedFd, timeout: Duration) -> Option<Vec<u8>> {
     geneve_from_gateway_to(fd, H2, timeout)
 }
@@ -298,19 +122,11 @@ fn geneve_from_gateway_to(
     host: std::net::Ipv4Addr,
     timeout: Duration,
 ) -> Option<Vec<u8>> {
-    let deadline = Instant::now() + timeout;
-    let mut buf = [0u8; 2048];
-    while Instant::now() < deadline {
-        if let Ok(n) = socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-            let frame = &buf[..n];
-            if decode(frame).is_ok_and(|d| {
-                d.outer_dst == host && d.outer_src == GW && d.udp_dst_port == GENEVE_PORT
-            }) {
-                return Some(frame.to_vec());
-            }
-        }
-    }
-    None
+    receive_matching(fd, timeout, |frame| {
+        decode(frame).is_ok_and(|d| {
+            d.outer_dst == host && d.outer_src == GW && d.udp_dst_port == GENEVE_PORT
+        })
+    })
 }
 
 /// What the pipeline makes of `packet` (with ample headroom) in the standard world: the
@@ -369,7 +185,7 @@ fn write_config_with(dir: &Path, interface: &str, extra: &str) -> (PathBuf, Path
          [rings]\nrx = 1024\ntx = 1024\nfill = 2048\ncompletion = 2048\n\n\
          [control]\ngrpc = \"unix://{}\"\nmetrics = \"{METRICS}\"\n\n\
          [tables]\nfile = \"{}\"\n\n{extra}",
-        mac_text(GW_MAC),
+        GW_MAC,
         socket.display(),
         tables.display()
     )
@@ -402,14 +218,14 @@ fn sample(text: &str, name: &str) -> Option<u64> {
 }
 
 /// Starts the gateway with the standard configuration and waits until its worker runs.
-fn start_forwarding(topo: &Topology, dir: &Path) -> (GatewayProcess, PathBuf) {
+fn start_forwarding(topo: &Segment, dir: &Path) -> (GatewayProcess, PathBuf) {
     let (config, socket) = write_config(dir, IF);
     let mut gateway = GatewayProcess::start(&topo.gateway, &config, dir);
     wait_until_forwarding(topo, &mut gateway, &socket);
     (gateway, socket)
 }
 
-fn wait_until_forwarding(topo: &Topology, gateway: &mut GatewayProcess, socket: &Path) {
+fn wait_until_forwarding(topo: &Segment, gateway: &mut GatewayProcess, socket: &Path) {
     gateway.wait_for(socket, Duration::from_secs(20));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !topo.gateway_has_xdp() {
@@ -425,7 +241,7 @@ fn wait_until_forwarding(topo: &Topology, gateway: &mut GatewayProcess, socket: 
 }
 
 /// Stops the gateway with SIGTERM and checks it exits 0 leaving nothing attached.
-fn stop_cleanly(topo: &Topology, mut gateway: GatewayProcess) {
+fn stop_cleanly(topo: &Segment, mut gateway: GatewayProcess) {
     gateway.signal(Signal::SIGTERM);
     let status = gateway.wait(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "{}", gateway.stderr());
@@ -434,7 +250,7 @@ fn stop_cleanly(topo: &Topology, mut gateway: GatewayProcess) {
 
 #[test]
 fn the_binary_forwards_serves_metrics_and_shuts_down_cleanly() {
-    let topo = Topology::new();
+    let topo = Segment::new("sl-gwb");
     let dir = tempfile::tempdir().expect("temp dir");
     let (config, socket) = write_config(dir.path(), IF);
     let capture = capture(&topo.receiver);
@@ -529,7 +345,7 @@ fn the_binary_forwards_serves_metrics_and_shuts_down_cleanly() {
 
 #[test]
 fn zero_copy_on_is_refused_on_veth_in_one_line() {
-    let topo = Topology::new();
+    let topo = Segment::new("sl-gwb");
     let dir = tempfile::tempdir().expect("temp dir");
     let (config, socket) = write_config_with(
         dir.path(),
@@ -561,7 +377,7 @@ fn zero_copy_on_is_refused_on_veth_in_one_line() {
 
 #[test]
 fn the_binary_answers_arp_for_a_peer_with_a_host_hint() {
-    let topo = Topology::new();
+    let topo = Segment::new("sl-gwb");
     let dir = tempfile::tempdir().expect("temp dir");
     // The reply goes back to the asking host, the sender.
     let capture = capture(&topo.sender);
@@ -591,7 +407,7 @@ fn the_binary_answers_arp_for_a_peer_with_a_host_hint() {
 
 #[test]
 fn the_binary_routes_across_subnets() {
-    let topo = Topology::new();
+    let topo = Segment::new("sl-gwb");
     let dir = tempfile::tempdir().expect("temp dir");
     let capture = capture(&topo.receiver);
     let (gateway, _socket) = start_forwarding(&topo, dir.path());
@@ -633,7 +449,7 @@ fn the_binary_routes_across_subnets() {
 
 #[test]
 fn the_binary_dnats_a_service_vip_to_a_backend_on_the_receiver() {
-    let topo = Topology::new();
+    let topo = Segment::new("sl-gwb");
     let dir = tempfile::tempdir().expect("temp dir");
     let capture = capture(&topo.receiver);
     let (gateway, _socket) = start_forwarding(&topo, dir.path());
@@ -674,7 +490,7 @@ fn the_binary_dnats_a_service_vip_to_a_backend_on_the_receiver() {
 
 #[test]
 fn non_geneve_traffic_reaches_the_gateways_kernel() {
-    let topo = Topology::new();
+    let topo = Segment::new("sl-gwb");
     let dir = tempfile::tempdir().expect("temp dir");
     let (gateway, _socket) = start_forwarding(&topo, dir.path());
     let gw = GW.to_string();
@@ -694,7 +510,7 @@ fn non_geneve_traffic_reaches_the_gateways_kernel() {
 
 #[test]
 fn a_missing_interface_is_refused_in_one_line_leaving_nothing_behind() {
-    let topo = Topology::new();
+    let topo = Segment::new("sl-gwb");
     let dir = tempfile::tempdir().expect("temp dir");
     let (config, socket) = write_config(dir.path(), "nosuch0");
     let mut gateway = GatewayProcess::start(&topo.gateway, &config, dir.path());
@@ -776,40 +592,4 @@ fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn assert_root() {
-    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc");
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .expect("Uid line");
-    assert_eq!(
-        euid, "0",
-        "the gateway binary tests need root (namespaces, XDP)"
-    );
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
-fn mac_text(mac: MacAddr) -> String {
-    mac.0
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

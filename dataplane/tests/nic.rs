@@ -23,6 +23,10 @@ use nix::sched::{setns, CloneFlags};
 use sluice_dataplane::nic::{NicError, NicProgram, NicStats, XdpMode, PROGRAM_NAME};
 use sluice_dataplane::wire::contract::GENEVE_UDP_PORT;
 
+mod common;
+
+use common::{assert_root, in_ns, ip, nsenter, wait_until};
+
 const SENDER_IF: &str = "sl-s";
 const GATEWAY_IF: &str = "sl-g";
 const SENDER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -39,7 +43,7 @@ struct Topology {
 
 impl Topology {
     fn new() -> Self {
-        assert_root();
+        assert_root("NIC program");
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let base = format!(
             "sl-nic-{}-{}",
@@ -106,16 +110,7 @@ impl Topology {
     /// Runs `f` on a thread that has entered namespace `ns`; sockets it creates stay in
     /// that namespace wherever they are used afterwards.
     fn in_ns<T: Send>(&self, ns: &str, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            let thread = s.spawn(|| {
-                let handle = File::open(format!("/run/netns/{ns}")).expect("opening the netns");
-                setns(&handle, CloneFlags::CLONE_NEWNET).expect("setns");
-                f()
-            });
-            thread
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
+        in_ns(ns, f)
     }
 
     fn in_gateway<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
@@ -135,13 +130,7 @@ impl Topology {
     /// Runs a command in namespace `ns` through nsenter (which, unlike `ip netns exec`,
     /// leaves /sys and bpffs alone; PLATFORM.md pitfall 2).
     fn nsenter(&self, ns: &str, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{ns}"))
-            .arg("--")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running nsenter")
+        nsenter(ns, args)
     }
 
     /// The `xdp` object `ip -j link show` prints for the gateway's veth end, or None when
@@ -238,52 +227,12 @@ impl Drop for Topology {
     }
 }
 
-fn assert_root() {
-    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc");
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .expect("Uid line");
-    assert_eq!(
-        euid, "0",
-        "the NIC program tests need root (network namespaces, XDP); run them as root"
-    );
-}
-
-/// Runs `ip` and returns its stdout, failing the test on error.
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
 /// The first `"field":"value"` string in a JSON text (enough for `ip -j` output).
 fn json_string_field(json: &str, field: &str) -> Option<String> {
     let key = format!("\"{field}\":\"");
     let start = json.find(&key)? + key.len();
     let len = json[start..].find('"')?;
     Some(json[start..start + len].to_string())
-}
-
-/// Polls `f` until it returns true or `timeout` passes. The program runs in the veth's
-/// NAPI poll, after `send` has returned.
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn stats(program: &NicProgram) -> NicStats {
