@@ -7,7 +7,11 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["sluice/v1/objects.proto", "sluice/v1/gateway.proto"];
+const PROTOS: &[&str] = &[
+    "sluice/v1/objects.proto",
+    "sluice/v1/gateway.proto",
+    "sluice/v1/controller.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
