@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "sluice/v1/objects.proto",
     "sluice/v1/gateway.proto",
     "sluice/v1/controller.proto",
+    "sluice/v1/node.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
