@@ -1,5 +1,6 @@
 //! Compiles the XDP programs in `bpf/` with clang and generates their libbpf-rs skeletons
-//! into `OUT_DIR` (included by `src/nic/skel.rs`).
+//! into `OUT_DIR` (included by `src/nic/skel.rs`). The objects stay there as
+//! `<stem>.bpf.o` (embedded by `src/stubs/`, which opens the object itself).
 //!
 //! Needs clang (any version with the BPF target; Debian 12's 14 works) and the kernel's
 //! uapi headers (linux-libc-dev); scripts/setup.sh installs both. libbpf's own headers
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use libbpf_cargo::SkeletonBuilder;
 
 /// Each program, by the stem of its `bpf/<stem>.bpf.c`.
-const PROGRAMS: &[&str] = &["gateway"];
+const PROGRAMS: &[&str] = &["gateway", "stubs"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -39,7 +40,10 @@ fn main() {
         let source = bpf_dir.join(format!("{stem}.bpf.c"));
         let skeleton = out_dir.join(format!("{stem}.skel.rs"));
         let mut builder = SkeletonBuilder::new();
-        builder.source(&source).clang_args(&clang_args);
+        builder
+            .source(&source)
+            .obj(out_dir.join(format!("{stem}.bpf.o")))
+            .clang_args(&clang_args);
         if let Some(clang) = env::var_os("CLANG") {
             builder.clang(clang);
         }

@@ -20,6 +20,7 @@ pub mod engine;
 pub mod nic;
 pub mod pipeline;
 pub mod service;
+pub mod stubs;
 pub mod tables;
 pub mod wire;
 
