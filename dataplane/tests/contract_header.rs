@@ -147,3 +147,94 @@ fn the_header_parser_reads_what_the_header_uses() {
     assert_eq!(c_value("FOO"), None);
     assert_eq!(c_value("1 << 3"), None);
 }
+
+// The worker stubs' maps and counters: the STUB MAPS and STUB COUNTERS blocks of the header
+// against `sluice_dataplane::stubs`.
+
+use sluice_dataplane::stubs::{self, layout, COUNTERS};
+
+/// The text between `/* BEGIN {marker} */` and `/* END {marker} */` of the header.
+fn header_block(marker: &str) -> String {
+    let header = read("bpf/sluice.h");
+    header
+        .split_once(&format!("/* BEGIN {marker} */"))
+        .and_then(|(_, rest)| rest.split_once(&format!("/* END {marker} */")))
+        .map(|(block, _)| block.to_string())
+        .unwrap_or_else(|| panic!("bpf/sluice.h has no BEGIN/END {marker} markers"))
+}
+
+#[test]
+fn stub_map_layouts_agree() {
+    let mut header = BTreeMap::new();
+    for line in header_block("STUB MAPS")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        let (name, value) = line
+            .strip_prefix("#define ")
+            .and_then(|rest| rest.split_once(char::is_whitespace))
+            .unwrap_or_else(|| panic!("bpf/sluice.h STUB MAPS: not `#define NAME VALUE`: {line}"));
+        let value = c_value(value.trim()).unwrap_or_else(|| panic!("{name}: {value}"));
+        assert!(
+            header.insert(name.to_string(), value).is_none(),
+            "{name} twice"
+        );
+    }
+    let rust = BTreeMap::from([
+        ("MAX_BOUNCERS".to_string(), stubs::MAX_BOUNCERS),
+        ("NODE_CONFIG_SIZE".to_string(), layout::NODE_CONFIG_SIZE),
+        ("POD_VALUE_SIZE".to_string(), layout::POD_VALUE_SIZE),
+        ("ENDPOINT_KEY_SIZE".to_string(), layout::ENDPOINT_KEY_SIZE),
+        (
+            "ENDPOINT_VALUE_SIZE".to_string(),
+            layout::ENDPOINT_VALUE_SIZE,
+        ),
+        (
+            "NEIGHBOR_VALUE_SIZE".to_string(),
+            layout::NEIGHBOR_VALUE_SIZE,
+        ),
+        ("REV_NAT_KEY_SIZE".to_string(), layout::REV_NAT_KEY_SIZE),
+        ("REV_NAT_VALUE_SIZE".to_string(), layout::REV_NAT_VALUE_SIZE),
+        (
+            "HOST_CACHE_VALUE_SIZE".to_string(),
+            layout::HOST_CACHE_VALUE_SIZE,
+        ),
+    ]);
+    let rust: BTreeMap<String, u64> = rust
+        .into_iter()
+        .map(|(k, v)| (k, u64::try_from(v).expect("fits")))
+        .collect();
+    assert_eq!(
+        header, rust,
+        "bpf/sluice.h STUB MAPS and stubs::layout disagree"
+    );
+}
+
+#[test]
+fn stub_counters_agree() {
+    let mut header = Vec::new();
+    for line in header_block("STUB COUNTERS")
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix("STUB_CTR_"))
+    {
+        let (name, value) = line
+            .trim_end_matches(',')
+            .split_once(" = ")
+            .unwrap_or_else(|| panic!("bpf/sluice.h: not `STUB_CTR_NAME = N,`: {line}"));
+        let value: usize = value.parse().unwrap_or_else(|_| panic!("{name}: {value}"));
+        header.push((name.to_ascii_lowercase(), value));
+    }
+    let (last, count) = header.pop().expect("enumerators");
+    assert_eq!(last, "count", "STUB_CTR_COUNT comes last");
+    assert_eq!(count, COUNTERS.len(), "STUB_CTR_COUNT");
+    let rust: Vec<(String, usize)> = COUNTERS
+        .iter()
+        .map(|c| (c.label().to_string(), *c as usize))
+        .collect();
+    assert_eq!(
+        header, rust,
+        "enum stub_counter and stubs::COUNTERS disagree"
+    );
+}
