@@ -1,11 +1,12 @@
 //! sluice-control: the controller (`sluice-controller`) and the operator CLI (`sluicectl`).
 //!
-//! The controller holds VPCs, subnets, services and endpoint allocations, allocates VNIs
-//! and addresses, places bouncer and divider roles on gateways and programs them through
-//! `Gateway.Apply`; it arrives with the controller issue. `sluicectl` is here: its YAML
-//! reading and its output formats live in [`cli`], its argument parsing in the binary.
+//! The controller ([`controller`]) holds VPCs, subnets, services and endpoint
+//! allocations, allocates VNIs and addresses, places bouncer and divider roles on
+//! gateways and programs them through `Gateway.Apply`. `sluicectl`'s YAML reading and
+//! output formats live in [`cli`], its argument parsing in the binary.
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod controller;
 
 pub use sluice_api as api;

@@ -1,0 +1,277 @@
+//! The controller's loop: after every change to the objects, compute the placement and
+//! each gateway's desired tables, and push each gateway what changed for it.
+//!
+//! Reconciles run one at a time (a change waits for the previous one's gateway calls),
+//! so every gateway sees changes in order. A gateway that fails a call is not retried
+//! here: the link forgets what it holds and the periodic check gives it a full sync.
+//! The source of objects is behind [`ObjectSource`]; nothing here knows it is redb.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use sluice_api::client::{ClientTls, Target};
+
+use super::desired::{desired_tables, service_endpoints, GatewayTables};
+use super::objects::{ClusterObject, Kind};
+use super::placement::Placement;
+use super::source::{ObjectSource, Snapshot, SourceError};
+use super::syncer::GatewayLink;
+
+/// What the last reconcile computed.
+#[derive(Debug, Default)]
+struct Desired {
+    snapshot: Snapshot,
+    placement: Placement,
+    tables: BTreeMap<String, Arc<GatewayTables>>,
+}
+
+/// The standalone or Kubernetes controller, over any [`ObjectSource`].
+#[derive(Debug)]
+pub struct Controller {
+    source: Arc<dyn ObjectSource>,
+    gateway_tls: Option<ClientTls>,
+    links: Mutex<BTreeMap<String, Arc<GatewayLink>>>,
+    desired: tokio::sync::Mutex<Desired>,
+}
+
+/// What one reconcile did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// `Gateway.Apply` calls it sent.
+    pub apply_calls: u64,
+    /// Gateways it could not bring up to date (retried by the periodic check).
+    pub failed: Vec<String>,
+}
+
+impl Controller {
+    /// A controller over `source`; `gateway_tls` is the client identity for gateways
+    /// reached over `https://`.
+    pub fn new(source: Arc<dyn ObjectSource>, gateway_tls: Option<ClientTls>) -> Arc<Self> {
+        Arc::new(Self {
+            source,
+            gateway_tls,
+            links: Mutex::default(),
+            desired: tokio::sync::Mutex::default(),
+        })
+    }
+
+    pub fn source(&self) -> &Arc<dyn ObjectSource> {
+        &self.source
+    }
+
+    /// `Gateway.Apply` calls sent to all gateways since start.
+    pub fn apply_calls(&self) -> u64 {
+        self.links().values().map(|l| l.apply_calls()).sum()
+    }
+
+    fn links(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<GatewayLink>>> {
+        self.links.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Recomputes every gateway's tables from the source and pushes the differences.
+    pub async fn reconcile(&self) -> Result<Reconciled, SourceError> {
+        let mut desired = self.desired.lock().await;
+        let snapshot = self.source.snapshot()?;
+        let placement = Placement::of(&snapshot);
+        let tables: BTreeMap<String, Arc<GatewayTables>> = desired_tables(&snapshot, &placement)
+            .into_iter()
+            .map(|(g, t)| (g, Arc::new(t)))
+            .collect();
+        let links = self.update_links(&snapshot);
+        let before = self.apply_calls();
+        let work: Vec<_> = links
+            .iter()
+            .map(|(name, link)| {
+                let want = tables.get(name).cloned().unwrap_or_default();
+                let changed = desired.tables.get(name) != Some(&want);
+                async move {
+                    // An unchanged gateway that is in sync needs nothing; `sync` finds
+                    // an empty delta itself, but skipping avoids the diff.
+                    let result = if changed || !link.status().in_sync {
+                        link.sync(&want).await
+                    } else {
+                        Ok(())
+                    };
+                    (name.clone(), result)
+                }
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for (name, result) in join_all(work).await {
+            if let Err(e) = result {
+                tracing::warn!(gateway = %name, error = %e, "gateway not updated; will re-sync");
+                failed.push(name);
+            }
+        }
+        *desired = Desired {
+            snapshot,
+            placement,
+            tables,
+        };
+        Ok(Reconciled {
+            apply_calls: self.apply_calls() - before,
+            failed,
+        })
+    }
+
+    /// Makes the links match the registered gateways: new ones for new or moved
+    /// gateways (a fresh link does a full sync), none for removed ones.
+    fn update_links(&self, snapshot: &Snapshot) -> BTreeMap<String, Arc<GatewayLink>> {
+        let mut links = self.links();
+        links.retain(|name, _| snapshot.gateways.contains_key(name));
+        for (name, gw) in &snapshot.gateways {
+            let Ok(target) = gw.spec.control.parse::<Target>() else {
+                continue;
+            };
+            let fresh = links.get(name).is_none_or(|l| *l.target() != target);
+            if fresh {
+                links.insert(
+                    name.clone(),
+                    Arc::new(GatewayLink::new(name, target, self.gateway_tls.clone())),
+                );
+            }
+        }
+        links.clone()
+    }
+
+    /// Forgets what a gateway holds, so the next sync is a full one (a re-registration
+    /// after a restart).
+    pub async fn resync(&self, gateway: &str) {
+        let link = self.links().get(gateway).cloned();
+        if let Some(link) = link {
+            link.invalidate().await;
+        }
+    }
+
+    /// Checks every gateway's boot id and generation, re-syncing restarted ones.
+    pub async fn check_gateways(&self) {
+        let desired = self.desired.lock().await;
+        let links = self.links().clone();
+        let work = links.iter().map(|(name, link)| {
+            let want = desired.tables.get(name).cloned().unwrap_or_default();
+            async move { (name, link.check(&want).await) }
+        });
+        for (name, result) in join_all(work).await {
+            if let Err(e) = result {
+                tracing::warn!(gateway = %name, error = %e, "gateway check failed; will retry");
+            }
+        }
+    }
+
+    /// Runs [`check_gateways`](Self::check_gateways) every `interval` until the
+    /// controller is dropped.
+    pub fn spawn_checks(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(controller) = weak.upgrade() else {
+                    return;
+                };
+                controller.check_gateways().await;
+            }
+        })
+    }
+
+    /// Every object of `kind` with its status filled in: placement for VPCs and subnets,
+    /// attached backends for services, link state for gateways.
+    pub async fn list(&self, kind: Kind) -> Result<Vec<ClusterObject>, SourceError> {
+        let snapshot = self.source.snapshot()?;
+        let placement = Placement::of(&snapshot);
+        let links = self.links().clone();
+        Ok(match kind {
+            Kind::Vpc => snapshot
+                .vpcs
+                .values()
+                .cloned()
+                .map(|mut v| {
+                    let placed = placement
+                        .dividers
+                        .get(v.name())
+                        .cloned()
+                        .unwrap_or_default();
+                    v.status
+                        .get_or_insert_with(Default::default)
+                        .divider_gateways = placed;
+                    ClusterObject::Vpc(v)
+                })
+                .collect(),
+            Kind::Subnet => snapshot
+                .subnets
+                .values()
+                .cloned()
+                .map(|mut s| {
+                    let placed = placement
+                        .bouncers
+                        .get(s.name())
+                        .cloned()
+                        .unwrap_or_default();
+                    s.status
+                        .get_or_insert_with(Default::default)
+                        .bouncer_gateways = placed;
+                    ClusterObject::Subnet(s)
+                })
+                .collect(),
+            Kind::Service => snapshot
+                .services
+                .iter()
+                .map(|(key, s)| {
+                    let mut s = s.clone();
+                    s.status.get_or_insert_with(Default::default).endpoints =
+                        service_endpoints(&snapshot, key);
+                    ClusterObject::Service(s)
+                })
+                .collect(),
+            Kind::Gateway => snapshot
+                .gateways
+                .values()
+                .cloned()
+                .map(|mut g| {
+                    g.status = links.get(g.name()).map(|l| l.status());
+                    ClusterObject::Gateway(g)
+                })
+                .collect(),
+            Kind::Node => snapshot
+                .nodes
+                .into_values()
+                .map(ClusterObject::Node)
+                .collect(),
+            Kind::Endpoint => snapshot
+                .endpoints
+                .into_values()
+                .map(ClusterObject::Endpoint)
+                .collect(),
+        })
+    }
+
+    /// The bouncer gateways of `subnet`, in placement order, with their hosts.
+    pub async fn bouncers(&self, subnet: &str) -> Vec<sluice_api::Host> {
+        let desired = self.desired.lock().await;
+        desired
+            .placement
+            .bouncers
+            .get(subnet)
+            .into_iter()
+            .flatten()
+            .filter_map(|g| desired.snapshot.gateways.get(g))
+            .map(|g| sluice_api::Host {
+                ip: g.spec.ip,
+                mac: g.spec.mac,
+            })
+            .collect()
+    }
+
+    /// The tables the last reconcile computed for `gateway`.
+    pub async fn desired_for(&self, gateway: &str) -> GatewayTables {
+        let desired = self.desired.lock().await;
+        desired
+            .tables
+            .get(gateway)
+            .map(|t| (**t).clone())
+            .unwrap_or_default()
+    }
+}
