@@ -95,7 +95,8 @@ fn protocol(field: &str, value: i32) -> Result<Protocol, ConvertError> {
     }
 }
 
-fn protocol_to_pb(protocol: Protocol) -> pb::Protocol {
+/// The protobuf enum value of a protocol.
+pub fn protocol_to_pb(protocol: Protocol) -> pb::Protocol {
     match protocol {
         Protocol::Tcp => pb::Protocol::Tcp,
         Protocol::Udp => pb::Protocol::Udp,

@@ -16,9 +16,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use sluice_api::Protocol;
+
 use crate::engine::{CounterSlot, WorkerCounters};
 use crate::pipeline::DropReason;
-use crate::service::{CounterSource, PacketCounters};
+use crate::service::{BackendCount, CounterSource, PacketCounters, ServiceCount};
+use crate::tables::TableView;
 
 /// One worker's published counters and what identifies it.
 #[derive(Debug)]
@@ -29,32 +32,84 @@ pub struct PublishedWorker {
     pub slot: Arc<CounterSlot>,
 }
 
-/// Every worker's slot. Cheap to clone.
+/// Every worker's slots (one per queue it serves), and the tables that say which
+/// services exist. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Published(Arc<[PublishedWorker]>);
+pub struct Published {
+    workers: Arc<[PublishedWorker]>,
+    tables: Option<TableView>,
+}
 
 impl Published {
     pub fn new(workers: Vec<PublishedWorker>) -> Self {
-        Self(workers.into())
+        Self {
+            workers: workers.into(),
+            tables: None,
+        }
+    }
+
+    /// Reports per-service counts for the services in these tables.
+    pub fn with_tables(mut self, tables: TableView) -> Self {
+        self.tables = Some(tables);
+        self
     }
 
     pub fn workers(&self) -> &[PublishedWorker] {
-        &self.0
+        &self.workers
     }
 
-    /// All workers' counters summed.
+    /// All workers' counters summed (per-service counts aside: see [`Self::services`]).
     pub fn total(&self) -> WorkerCounters {
         let mut total = WorkerCounters::default();
-        for worker in self.0.iter() {
+        for worker in self.workers.iter() {
             total.merge(&worker.slot.read());
         }
         total
     }
 
+    /// Forwarded packets per service that exists now and per backend, summed over the
+    /// workers' counts for that service's current instance; ordered by VNI, VIP, port
+    /// and protocol. Empty without tables.
+    pub fn services(&self, snapshots: &[WorkerCounters]) -> Vec<ServiceCount> {
+        let Some(tables) = &self.tables else {
+            return Vec::new();
+        };
+        let tables = tables.snapshot();
+        let mut services: Vec<ServiceCount> = tables
+            .service_entries()
+            .map(|entry| {
+                let slots: Vec<_> = snapshots
+                    .iter()
+                    .filter_map(|c| c.services.get(entry.instance))
+                    .collect();
+                let svc = &entry.service;
+                ServiceCount {
+                    vni: svc.vni.get(),
+                    vip: svc.vip,
+                    port: svc.port,
+                    protocol: svc.protocol,
+                    packets: slots.iter().map(|s| s.packets).sum(),
+                    backends: svc
+                        .backends
+                        .iter()
+                        .enumerate()
+                        .map(|(i, b)| BackendCount {
+                            ip: b.ip,
+                            port: b.port,
+                            packets: slots.iter().filter_map(|s| s.backends.get(i)).sum(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        services.sort_by_key(|s| (s.vni, s.vip, s.port, s.protocol.number()));
+        services
+    }
+
     /// The Prometheus text exposition (format 0.0.4) of every worker's counters.
     pub fn render(&self) -> String {
         let snapshots: Vec<(&PublishedWorker, WorkerCounters)> =
-            self.0.iter().map(|w| (w, w.slot.read())).collect();
+            self.workers.iter().map(|w| (w, w.slot.read())).collect();
         let mut out = String::new();
         let labels = |w: &PublishedWorker| {
             format!(
@@ -130,13 +185,74 @@ impl Published {
                 );
             }
         }
+        let counts: Vec<WorkerCounters> = snapshots.into_iter().map(|(_, c)| c).collect();
+        render_services(&mut out, &self.services(&counts));
         out
+    }
+}
+
+/// The per-service and per-backend families; left out while no service exists.
+fn render_services(out: &mut String, services: &[ServiceCount]) {
+    if services.is_empty() {
+        return;
+    }
+    let labels = |s: &ServiceCount| {
+        format!(
+            "vni=\"{}\",vip=\"{}\",port=\"{}\",protocol=\"{}\"",
+            s.vni,
+            s.vip,
+            s.port,
+            protocol_label(s.protocol)
+        )
+    };
+    let name = "sluice_service_packets_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Packets translated to a backend of the service and forwarded."
+    );
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for service in services {
+        let _ = writeln!(out, "{name}{{{}}} {}", labels(service), service.packets);
+    }
+    let name = "sluice_backend_packets_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Packets of the service forwarded to this backend (address:port)."
+    );
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for service in services {
+        for backend in &service.backends {
+            let _ = writeln!(
+                out,
+                "{name}{{{},backend=\"{}:{}\"}} {}",
+                labels(service),
+                backend.ip,
+                backend.port,
+                backend.packets
+            );
+        }
+    }
+}
+
+/// The `protocol` label of a service.
+pub fn protocol_label(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
     }
 }
 
 impl CounterSource for Published {
     fn read(&self) -> PacketCounters {
-        self.total().packet_counters()
+        let snapshots: Vec<WorkerCounters> = self.workers.iter().map(|w| w.slot.read()).collect();
+        let mut total = WorkerCounters::default();
+        for counters in &snapshots {
+            total.merge(counters);
+        }
+        PacketCounters {
+            services: self.services(&snapshots),
+            ..total.packet_counters()
+        }
     }
 }
 
@@ -248,12 +364,15 @@ pub fn fetch(addr: std::net::SocketAddr, timeout: Duration) -> std::io::Result<S
     Ok(body.to_string())
 }
 
-/// Turns Sluice's Prometheus text into a table: one row per counter (drop reasons that
-/// are zero everywhere are left out), one column per worker, then the total.
+/// Turns Sluice's Prometheus text into tables: one row per counter (drop reasons that
+/// are zero everywhere are left out), one column per worker queue, then the total; then,
+/// if any service exists, one row per service and per backend with its packets.
 pub fn stats_table(text: &str) -> Result<String, String> {
-    // row name -> worker -> value
-    let mut rows: BTreeMap<(usize, String), BTreeMap<u32, u64>> = BTreeMap::new();
-    let mut workers = std::collections::BTreeSet::new();
+    // row name -> column -> value
+    let mut rows: BTreeMap<(usize, String), BTreeMap<Column, u64>> = BTreeMap::new();
+    let mut columns = std::collections::BTreeSet::new();
+    // (vni, vip, port, protocol) -> (service packets, [(backend, packets)])
+    let mut services: BTreeMap<ServiceLabels, (u64, Vec<(String, u64)>)> = BTreeMap::new();
     let order = |name: &str| {
         [
             "rx_packets",
@@ -292,39 +411,80 @@ pub fn stats_table(text: &str) -> Result<String, String> {
         else {
             continue;
         };
+        if short == "service_packets" || short == "backend_packets" {
+            let key = (
+                label("vni")
+                    .ok_or_else(bad)?
+                    .parse::<u32>()
+                    .map_err(|_| bad())?,
+                label("vip").ok_or_else(bad)?,
+                label("port")
+                    .ok_or_else(bad)?
+                    .parse::<u16>()
+                    .map_err(|_| bad())?,
+                label("protocol").ok_or_else(bad)?,
+            );
+            let entry = services.entry(key).or_default();
+            match label("backend") {
+                Some(backend) => entry.1.push((backend, value)),
+                None => entry.0 = value,
+            }
+            continue;
+        }
         let worker: u32 = label("worker")
             .and_then(|w| w.parse().ok())
             .ok_or_else(bad)?;
-        workers.insert(worker);
+        let column = (
+            worker,
+            label("interface").unwrap_or_default(),
+            label("queue").and_then(|q| q.parse().ok()).unwrap_or(0),
+        );
+        columns.insert(column.clone());
         let row = match label("reason") {
             Some(reason) => format!("drops {reason}"),
             None => short.to_string(),
         };
         rows.entry((order(short), row))
             .or_default()
-            .insert(worker, value);
+            .insert(column, value);
     }
-    if workers.is_empty() {
+    if columns.is_empty() {
         return Err("no sluice_* counters in the answer".into());
     }
     let mut out = format!("{:<34}", "counter");
-    for worker in &workers {
-        let _ = write!(out, " {:>14}", format!("core {worker}"));
+    for (worker, interface, queue) in &columns {
+        let _ = write!(out, " {:>16}", format!("core {worker} {interface}:{queue}"));
     }
-    let _ = writeln!(out, " {:>14}", "total");
+    let _ = writeln!(out, " {:>16}", "total");
     for ((_, row), values) in &rows {
         let total: u64 = values.values().sum();
         if row.starts_with("drops ") && total == 0 {
             continue;
         }
         let _ = write!(out, "{row:<34}");
-        for worker in &workers {
-            let _ = write!(out, " {:>14}", values.get(worker).copied().unwrap_or(0));
+        for column in &columns {
+            let _ = write!(out, " {:>16}", values.get(column).copied().unwrap_or(0));
         }
-        let _ = writeln!(out, " {total:>14}");
+        let _ = writeln!(out, " {total:>16}");
+    }
+    if !services.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "{:<44} {:>16}", "service / backend", "packets");
+        for ((vni, vip, port, protocol), (packets, backends)) in &services {
+            let service = format!("vni {vni} {vip}:{port}/{protocol}");
+            let _ = writeln!(out, "{service:<44} {packets:>16}");
+            for (backend, packets) in backends {
+                let _ = writeln!(out, "{:<44} {packets:>16}", format!("  -> {backend}"));
+            }
+        }
     }
     Ok(out)
 }
+
+/// A column of the stats table: worker core, interface, queue.
+type Column = (u32, String, u32);
+/// A service as its labels name it: VNI, VIP, port, protocol.
+type ServiceLabels = (u32, String, u16, String);
 
 /// Every drop reason label, for tests that check each has a series.
 pub fn drop_labels() -> impl Iterator<Item = &'static str> {
@@ -391,6 +551,89 @@ mod tests {
             .contains("sluice_rx_packets_total{worker=\"2\",interface=\"eth1\",queue=\"1\"} 20\n"));
     }
 
+    #[cfg(feature = "testkit")]
+    #[test]
+    fn service_series_sum_the_workers_counts_of_live_services_only() {
+        use crate::pipeline::ServiceHit;
+        use crate::testkit::*;
+
+        let mut writer = world_tables();
+        let tables = writer.snapshot();
+        let tcp = tables
+            .service(VNI_A, VIP_TCP.to_bits(), VIP_TCP_PORT, 6)
+            .unwrap()
+            .instance;
+        let slots: Vec<_> = (0..2).map(|_| Arc::new(CounterSlot::default())).collect();
+        for (slot, backends) in slots.iter().zip([&[0u16, 0, 2][..], &[2, 1][..]]) {
+            let mut counters = WorkerCounters::default();
+            counters.services.reserve_ids(tables.service_id_bound());
+            for backend in backends {
+                counters.services.record(ServiceHit {
+                    instance: tcp,
+                    backend: *backend,
+                });
+            }
+            slot.publish(&counters);
+        }
+        let workers = slots
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| PublishedWorker {
+                core: 1,
+                interface: "eth1".into(),
+                queue: i as u32,
+                slot: Arc::clone(slot),
+            })
+            .collect();
+        let published = Published::new(workers).with_tables(writer.view());
+        let text = published.render();
+        let svc = "vni=\"100\",vip=\"10.96.0.10\",port=\"80\",protocol=\"tcp\"";
+        assert!(
+            text.contains(&format!("sluice_service_packets_total{{{svc}}} 5\n")),
+            "{text}"
+        );
+        let backend = |b: &str, n: u64| {
+            format!("sluice_backend_packets_total{{{svc},backend=\"{b}\"}} {n}\n")
+        };
+        let service = &tables
+            .service(VNI_A, VIP_TCP.to_bits(), VIP_TCP_PORT, 6)
+            .unwrap()
+            .service;
+        let name = |i: usize| format!("{}:{}", service.backends[i].ip, service.backends[i].port);
+        for (i, n) in [(0, 2), (1, 1), (2, 2)] {
+            assert!(text.contains(&backend(&name(i), n)), "{text}");
+        }
+        // Every other service is there too, at zero.
+        assert_eq!(
+            text.matches("sluice_service_packets_total{").count(),
+            tables.len_services(),
+            "{text}"
+        );
+        let counters = published.read();
+        let tcp_count = counters.services.iter().find(|s| s.vip == VIP_TCP).unwrap();
+        assert_eq!(tcp_count.packets, 5);
+        let table = stats_table(&text).unwrap();
+        assert!(table.contains("vni 100 10.96.0.10:80/tcp"), "{table}");
+
+        // Deleted: its series go; re-created: it starts from zero, not from 5.
+        let key = sluice_api::Object::Service(service.clone()).key();
+        let txn = |upserts, deletes| sluice_api::Transaction { upserts, deletes };
+        writer.apply(&txn(vec![], vec![key])).unwrap();
+        assert!(!published.render().contains("10.96.0.10"));
+        writer
+            .apply(&txn(
+                vec![sluice_api::Object::Service(service.clone())],
+                vec![],
+            ))
+            .unwrap();
+        assert!(
+            published
+                .render()
+                .contains(&format!("sluice_service_packets_total{{{svc}}} 0\n")),
+            "a re-created service inherits no counts"
+        );
+    }
+
     #[test]
     fn the_sum_and_the_table_agree_with_the_workers() {
         let published = published();
@@ -401,6 +644,7 @@ mod tests {
             rx.split_whitespace().collect::<Vec<_>>(),
             ["rx_packets", "10", "20", "30"]
         );
+        assert!(table.contains("core 1 eth1:0"), "{table}");
         assert!(table.contains("drops not_geneve"), "{table}");
         assert!(!table.contains("drops no_route"), "zero drops are left out");
         assert!(stats_table("garbage").is_err());

@@ -23,7 +23,7 @@ use tokio::sync::mpsc as async_mpsc;
 
 use self::metrics::{Published, PublishedWorker};
 use crate::config::{ConfigError, GatewayConfig, GrpcListen, Plan};
-use crate::engine::{self, CounterSlot, EngineError, EngineSettings, Worker};
+use crate::engine::{self, CounterSlot, EngineError, EngineSettings, QueueSpec, Worker};
 use crate::nic::{NicError, NicProgram, XdpMode};
 use crate::pipeline::Local;
 use crate::service::{
@@ -38,8 +38,6 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error("reading the host's online cores: {0}")]
     HostFacts(std::io::Error),
-    #[error("workers[core {core}]: serves {count} queues; one queue per worker core for now (list more cores in cores.workers, one per queue)")]
-    SeveralQueues { core: u32, count: usize },
     #[error("tables.file {path}: {problem}")]
     Tables { path: String, problem: String },
     #[error("tables.file {path}: rejected: {rejected}")]
@@ -53,11 +51,11 @@ pub enum RunError {
     Nic(#[from] NicError),
     #[error("control thread: {0}")]
     ControlCore(EngineError),
-    #[error("worker on core {core} ({interface} queue {queue}): {source}")]
+    #[error("worker on core {core} ({queues}): {source}")]
     Worker {
         core: u32,
-        interface: String,
-        queue: u32,
+        /// The queues it serves, as "eth1 queue 0, eth1 queue 1".
+        queues: String,
         source: EngineError,
     },
     #[error("control service: {0}")]
@@ -94,33 +92,30 @@ pub fn check(text: &str) -> Result<(GatewayConfig, Plan), RunError> {
     Ok((config, plan))
 }
 
-/// Runs the gateway until SIGTERM or SIGINT; returns once everything is taken apart.
+/// Runs the gateway until SIGTERM or SIGINT; returns once everything is taken apart. A
+/// worker core serving several queues owns a socket and a UMEM per queue and serves
+/// them in turn.
 pub fn run(config: &GatewayConfig, plan: &Plan) -> Result<(), RunError> {
-    for worker in &plan.workers {
-        if worker.queues.len() != 1 {
-            return Err(RunError::SeveralQueues {
-                core: worker.core,
-                count: worker.queues.len(),
-            });
-        }
-    }
-
     let mut writer = TableWriter::new();
     if let Some(tables) = &config.tables {
         load_tables(&mut writer, &tables.file)?;
     }
     let readers: Vec<_> = plan.workers.iter().map(|_| writer.reader()).collect();
+    // One slot per (worker, queue), in plan order.
     let published = Published::new(
         plan.workers
             .iter()
-            .map(|w| PublishedWorker {
-                core: w.core,
-                interface: w.queues[0].interface.clone(),
-                queue: w.queues[0].queue,
-                slot: Arc::new(CounterSlot::default()),
+            .flat_map(|w| {
+                w.queues.iter().map(|q| PublishedWorker {
+                    core: w.core,
+                    interface: q.interface.clone(),
+                    queue: q.queue,
+                    slot: Arc::new(CounterSlot::default()),
+                })
             })
             .collect(),
-    );
+    )
+    .with_tables(writer.view());
 
     let mut running = Running::default();
     let (stop_tx, stop_rx) = async_mpsc::unbounded_channel();
@@ -139,33 +134,47 @@ pub fn run(config: &GatewayConfig, plan: &Plan) -> Result<(), RunError> {
     }
 
     let settings = engine_settings(config);
-    for ((plan_worker, reader), published_worker) in
-        plan.workers.iter().zip(readers).zip(published.workers())
-    {
-        let queue = &plan_worker.queues[0];
-        let iface = config
-            .interfaces
+    let mut slots = published.workers().iter().map(|w| Arc::clone(&w.slot));
+    for (plan_worker, reader) in plan.workers.iter().zip(readers) {
+        let specs: Vec<QueueSpec> = plan_worker
+            .queues
             .iter()
-            .find(|i| i.name == queue.interface)
-            .expect("the plan only names configured interfaces");
+            .map(|q| {
+                let iface = config
+                    .interfaces
+                    .iter()
+                    .find(|i| i.name == q.interface)
+                    .expect("the plan only names configured interfaces");
+                QueueSpec {
+                    ifname: iface.name.clone(),
+                    queue: q.queue,
+                    local: Local::new(iface.ip, iface.mac),
+                }
+            })
+            .collect();
+        let queues = specs
+            .iter()
+            .map(|q| format!("{} queue {}", q.ifname, q.queue))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let core = plan_worker.core;
         let worker_error = |source| RunError::Worker {
-            core: plan_worker.core,
-            interface: queue.interface.clone(),
-            queue: queue.queue,
+            core,
+            queues: queues.clone(),
             source,
         };
         let (fd_tx, fd_rx) = mpsc::channel();
         let stop = Arc::clone(&running.stop);
-        let slot = Arc::clone(&published_worker.slot);
+        let worker_slots: Vec<Arc<CounterSlot>> = slots.by_ref().take(specs.len()).collect();
         let failed = stop_tx.clone();
-        let (core, ifname, queue_id) = (plan_worker.core, iface.name.clone(), queue.queue);
-        let local = Local::new(iface.ip, iface.mac);
         let settings = settings.clone();
+        let thread_queues = queues.clone();
+        let thread_specs = specs.clone();
         let handle = std::thread::Builder::new()
             .name(format!("worker-{core}"))
             .spawn(move || {
                 let started = engine::pin_current_thread(core as usize)
-                    .and_then(|()| Worker::new(&ifname, queue_id, &settings, reader, local));
+                    .and_then(|()| Worker::serving(&thread_specs, &settings, reader));
                 let mut worker = match started {
                     Ok(worker) => worker,
                     Err(e) => {
@@ -173,12 +182,13 @@ pub fn run(config: &GatewayConfig, plan: &Plan) -> Result<(), RunError> {
                         return;
                     }
                 };
-                let _ = fd_tx.send(Ok((worker.fd(), worker.zero_copy())));
-                if let Err(source) = worker.run_published(&stop, &slot) {
+                let fds: Vec<(i32, bool)> = worker.fds().map(|(_, _, fd, zc)| (fd, zc)).collect();
+                let _ = fd_tx.send(Ok(fds));
+                let slots: Vec<&CounterSlot> = worker_slots.iter().map(|s| &**s).collect();
+                if let Err(source) = worker.run_published(&stop, &slots) {
                     let _ = failed.send(Stop::WorkerFailed(RunError::Worker {
                         core,
-                        interface: ifname,
-                        queue: queue_id,
+                        queues: thread_queues,
                         source,
                     }));
                 }
@@ -188,24 +198,26 @@ pub fn run(config: &GatewayConfig, plan: &Plan) -> Result<(), RunError> {
                 source,
             })?;
         running.workers.push(handle);
-        let (fd, zero_copy) = fd_rx
+        let fds = fd_rx
             .recv()
             .map_err(|_| RunError::Panicked("worker"))?
             .map_err(worker_error)?;
-        tracing::info!(
-            core = plan_worker.core,
-            interface = queue.interface,
-            queue = queue.queue,
-            mode = if zero_copy { "zero-copy" } else { "copy" },
-            "worker bound"
-        );
-        let program = running
-            .programs
-            .iter_mut()
-            .find(|p| p.ifname() == iface.name)
-            .expect("attached above");
-        program.set_socket(queue.queue, fd)?;
-        running.sockets.push((iface.name.clone(), queue.queue));
+        for (spec, (fd, zero_copy)) in specs.iter().zip(fds) {
+            tracing::info!(
+                core,
+                interface = spec.ifname,
+                queue = spec.queue,
+                mode = if zero_copy { "zero-copy" } else { "copy" },
+                "worker bound"
+            );
+            let program = running
+                .programs
+                .iter_mut()
+                .find(|p| p.ifname() == spec.ifname)
+                .expect("attached above");
+            program.set_socket(spec.queue, fd)?;
+            running.sockets.push((spec.ifname.clone(), spec.queue));
+        }
     }
     tracing::info!(workers = plan.workers.len(), "forwarding");
 

@@ -8,9 +8,11 @@
 //! field on its own only grows.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
-use crate::pipeline::{DropCounters, DropReason};
+use crate::pipeline::{DropCounters, DropReason, ServiceHit};
 use crate::service::PacketCounters;
+use crate::tables::ServiceInstance;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WorkerCounters {
@@ -26,6 +28,8 @@ pub struct WorkerCounters {
     pub tx_ring_full: u64,
     /// TX wakeups (`sendto`).
     pub kicks: u64,
+    /// Forwarded packets per service and backend.
+    pub services: ServiceCounters,
 }
 
 impl WorkerCounters {
@@ -37,10 +41,12 @@ impl WorkerCounters {
             tx_packets: self.tx_packets,
             tx_bytes: self.tx_bytes,
             outcomes: self.outcomes.clone(),
+            services: Vec::new(),
         }
     }
 
-    /// Adds `other` into `self` (summing workers).
+    /// Adds `other` into `self` (summing workers). Per-service counts are left out: only
+    /// the tables can say which of them still belong to a live service.
     pub fn merge(&mut self, other: &WorkerCounters) {
         self.rx_packets += other.rx_packets;
         self.rx_bytes += other.rx_bytes;
@@ -50,6 +56,68 @@ impl WorkerCounters {
         self.fill_ring_empty += other.fill_ring_empty;
         self.tx_ring_full += other.tx_ring_full;
         self.kicks += other.kicks;
+    }
+}
+
+/// One worker's forwarded packets per service and per backend: plain integers in a
+/// vector indexed by service id, touched only by that worker.
+///
+/// A slot counts for one service instance (id and stamp, see [`ServiceInstance`]); the
+/// first hit of a different stamp on the same id starts the slot over, so a re-created
+/// service or a changed backend list never inherits old counts. The vector is sized
+/// between batches ([`Self::reserve_ids`]) from the tables' id bound; a slot's backend
+/// counts grow on the first hit of a backend beyond them (once per new service
+/// instance with more backends than the slot held, never in the steady state).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceCounters {
+    slots: Vec<ServiceSlot>,
+}
+
+/// The counts of one service instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceSlot {
+    /// Which instance the counts belong to; zero: none yet.
+    pub stamp: u64,
+    pub packets: u64,
+    /// Packets per backend, by position in the service's backend list (may be shorter
+    /// than the list: missing entries are zero).
+    pub backends: Vec<u64>,
+}
+
+impl ServiceCounters {
+    /// Makes room for every id below `bound`. Call between batches, never per packet.
+    pub fn reserve_ids(&mut self, bound: u32) {
+        let bound = bound as usize;
+        if bound > self.slots.len() {
+            self.slots.resize_with(bound, ServiceSlot::default);
+        }
+    }
+
+    /// Counts one forwarded packet of `hit`. An id beyond the reserved ones is not
+    /// counted (the worker reserves from the same tables the pipeline read).
+    #[inline]
+    pub fn record(&mut self, hit: ServiceHit) {
+        let Some(slot) = self.slots.get_mut(hit.instance.id as usize) else {
+            return;
+        };
+        if slot.stamp != hit.instance.stamp {
+            slot.stamp = hit.instance.stamp;
+            slot.packets = 0;
+            slot.backends.iter_mut().for_each(|b| *b = 0);
+        }
+        slot.packets += 1;
+        let backend = usize::from(hit.backend);
+        if backend >= slot.backends.len() {
+            slot.backends.resize(backend + 1, 0);
+        }
+        slot.backends[backend] += 1;
+    }
+
+    /// The counts of `instance`, if this worker counted any for it.
+    pub fn get(&self, instance: ServiceInstance) -> Option<&ServiceSlot> {
+        self.slots
+            .get(instance.id as usize)
+            .filter(|slot| slot.stamp == instance.stamp)
     }
 }
 
@@ -69,6 +137,8 @@ pub struct CounterSlot {
     fill_ring_empty: AtomicU64,
     tx_ring_full: AtomicU64,
     kicks: AtomicU64,
+    /// Taken by the worker once per publish (about every 100 ms), never per packet.
+    services: Mutex<ServiceCounters>,
 }
 
 impl CounterSlot {
@@ -87,6 +157,8 @@ impl CounterSlot {
         store(&self.fill_ring_empty, counters.fill_ring_empty);
         store(&self.tx_ring_full, counters.tx_ring_full);
         store(&self.kicks, counters.kicks);
+        let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        services.clone_from(&counters.services);
     }
 
     /// The last published copy.
@@ -105,6 +177,11 @@ impl CounterSlot {
             fill_ring_empty: load(&self.fill_ring_empty),
             tx_ring_full: load(&self.tx_ring_full),
             kicks: load(&self.kicks),
+            services: self
+                .services
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }
@@ -133,10 +210,63 @@ mod tests {
                 counters.outcomes.record(Verdict::Drop(*reason));
             }
         }
+        let instance = |id, stamp| ServiceInstance { id, stamp };
+        counters.services.reserve_ids(3);
+        for backend in [0, 2, 2] {
+            counters.services.record(ServiceHit {
+                instance: instance(1, 7),
+                backend,
+            });
+        }
         let slot = CounterSlot::default();
         slot.publish(&counters);
         assert_eq!(slot.read(), counters);
         assert_eq!(std::mem::align_of::<CounterSlot>(), 128);
         assert_eq!(std::mem::size_of::<CounterSlot>() % 128, 0);
+    }
+}
+
+#[cfg(test)]
+mod service_tests {
+    use super::*;
+
+    fn hit(id: u32, stamp: u64, backend: u16) -> ServiceHit {
+        ServiceHit {
+            instance: ServiceInstance { id, stamp },
+            backend,
+        }
+    }
+
+    #[test]
+    fn hits_count_per_service_and_backend_and_restart_with_a_new_stamp() {
+        let mut services = ServiceCounters::default();
+        services.reserve_ids(2);
+        for backend in [0, 1, 1, 3] {
+            services.record(hit(1, 5, backend));
+        }
+        services.record(hit(0, 6, 0));
+        let slot = services.get(ServiceInstance { id: 1, stamp: 5 }).unwrap();
+        assert_eq!(slot.packets, 4);
+        assert_eq!(slot.backends, [1, 2, 0, 1]);
+        assert_eq!(
+            services
+                .get(ServiceInstance { id: 0, stamp: 6 })
+                .unwrap()
+                .packets,
+            1
+        );
+
+        // Id 1 now belongs to another service instance: old counts are not inherited.
+        services.record(hit(1, 9, 2));
+        assert!(services.get(ServiceInstance { id: 1, stamp: 5 }).is_none());
+        let slot = services.get(ServiceInstance { id: 1, stamp: 9 }).unwrap();
+        assert_eq!(
+            (slot.packets, slot.backends.as_slice()),
+            (1, &[0, 0, 1, 0][..])
+        );
+
+        // Ids beyond the reserved bound are ignored, not a panic.
+        services.record(hit(7, 1, 0));
+        assert!(services.get(ServiceInstance { id: 7, stamp: 1 }).is_none());
     }
 }

@@ -7,7 +7,8 @@
 //! kernel while TX descriptors are outstanding. Nothing in the loop allocates, locks or
 //! makes a syscall per packet; the only syscalls are TX kicks (and an idle `poll`).
 //!
-//! Scope: one socket per worker. Zero-copy is bound when asked for (`ZeroCopy::On`) or
+//! Scope: one socket (and UMEM) per queue; a worker serving several queues takes one
+//! batch from each in turn. Zero-copy is bound when asked for (`ZeroCopy::On`) or
 //! tried first (`ZeroCopy::Auto`, falling back to copy mode with one warning). In copy
 //! mode TX is kicked whenever descriptors are outstanding; in zero-copy mode only when the
 //! kernel asks for it (need-wakeup).
@@ -26,9 +27,9 @@ pub mod headroom;
 mod settings;
 mod worker;
 
-pub use counters::{CounterSlot, WorkerCounters};
+pub use counters::{CounterSlot, ServiceCounters, ServiceSlot, WorkerCounters};
 pub use settings::{EngineSettings, ZeroCopy};
-pub use worker::Worker;
+pub use worker::{QueueSpec, Worker};
 
 use std::io;
 

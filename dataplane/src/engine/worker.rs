@@ -1,4 +1,5 @@
-//! One worker: a UMEM and an AF_XDP socket on one queue, and the run-to-completion loop.
+//! One worker: per queue it serves, a UMEM and an AF_XDP socket; and the
+//! run-to-completion loop that serves them round-robin, one batch each per turn.
 //!
 //! Frame accounting: every UMEM frame is in exactly one place at a time, the stash
 //! (free, ours), the fill ring, the RX ring, the worker's current batch, or the TX and
@@ -21,7 +22,7 @@ use nix::libc;
 use super::headroom::process_shifted;
 use super::{CounterSlot, EngineError, EngineSettings, WorkerCounters, ZeroCopy};
 use crate::pipeline::{self, Local, Verdict, REQUIRED_HEADROOM};
-use crate::tables::TableReader;
+use crate::tables::{TableReader, Tables};
 
 /// Binding a queue right after its previous socket closed fails with EBUSY for about
 /// half a second (PLATFORM.md pitfall 8).
@@ -31,8 +32,18 @@ const BIND_BACKOFF: Duration = Duration::from_millis(100);
 /// How often [`Worker::run_published`] copies its counters out, at most.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 
-/// A worker's socket, UMEM and rings, and what it needs to run the pipeline.
-pub struct Worker {
+/// One queue a worker serves: which interface and queue, and the gateway's identity
+/// there.
+#[derive(Clone, Debug)]
+pub struct QueueSpec {
+    pub ifname: String,
+    pub queue: u32,
+    pub local: Local,
+}
+
+/// What a worker owns for one queue: a UMEM, an AF_XDP socket and their rings, the free
+/// frames, and the counters of that queue.
+struct Port {
     // Fields drop in declaration order: the rings go before the UMEM they point into.
     tx: TxQueue,
     rx: RxQueue,
@@ -42,14 +53,9 @@ pub struct Worker {
     /// Free frames, ours to fill or write. Capacity is the frame count, so pushing never
     /// allocates.
     stash: Vec<FrameDesc>,
-    rx_batch: Vec<FrameDesc>,
-    tx_batch: Vec<FrameDesc>,
-    comp_batch: Vec<FrameDesc>,
     /// Frames on the TX or completion ring.
     outstanding: usize,
-    reader: TableReader,
     local: Local,
-    settings: EngineSettings,
     counters: WorkerCounters,
     ifname: String,
     queue: u32,
@@ -57,17 +63,35 @@ pub struct Worker {
     zero_copy: bool,
 }
 
+/// A worker: one or more queues, each with its own socket and UMEM, served round-robin
+/// (one batch each per turn) in one run-to-completion loop.
+pub struct Worker {
+    ports: Vec<Port>,
+    rx_batch: Vec<FrameDesc>,
+    tx_batch: Vec<FrameDesc>,
+    comp_batch: Vec<FrameDesc>,
+    reader: TableReader,
+    settings: EngineSettings,
+    /// One entry per port, for the idle `poll`.
+    pollfds: Vec<libc::pollfd>,
+}
+
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker")
-            .field("ifname", &self.ifname)
-            .field("queue", &self.queue)
-            .field("zero_copy", &self.zero_copy)
-            .field("fd", &self.fd())
-            .field("stash", &self.stash.len())
-            .field("outstanding", &self.outstanding)
-            .field("counters", &self.counters)
-            .finish_non_exhaustive()
+        let mut list = f.debug_list();
+        for port in &self.ports {
+            list.entry(&format_args!(
+                "{} queue {}: zero_copy {}, fd {}, stash {}, outstanding {}, {:?}",
+                port.ifname,
+                port.queue,
+                port.zero_copy,
+                port.rx.fd().as_raw_fd(),
+                port.stash.len(),
+                port.outstanding,
+                port.counters
+            ));
+        }
+        list.finish()
     }
 }
 
@@ -85,7 +109,229 @@ impl Worker {
         reader: TableReader,
         local: Local,
     ) -> Result<Self, EngineError> {
+        let spec = QueueSpec {
+            ifname: ifname.into(),
+            queue,
+            local,
+        };
+        Self::serving(std::slice::from_ref(&spec), settings, reader)
+    }
+
+    /// Like [`Self::new`] for every queue of `queues` (at least one): a UMEM and a socket
+    /// each, bound in order. Their fds are [`Self::fds`], in the same order.
+    pub fn serving(
+        queues: &[QueueSpec],
+        settings: &EngineSettings,
+        reader: TableReader,
+    ) -> Result<Self, EngineError> {
         settings.validate()?;
+        if queues.is_empty() {
+            return Err(EngineError::Settings {
+                field: "queues",
+                problem: "a worker needs at least one queue".into(),
+            });
+        }
+        let ports = queues
+            .iter()
+            .map(|q| Port::bind(&q.ifname, q.queue, settings, q.local))
+            .collect::<Result<Vec<_>, _>>()?;
+        let batch = settings.batch_size as usize;
+        let pollfds = ports
+            .iter()
+            .map(|p| libc::pollfd {
+                fd: p.rx.fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        Ok(Worker {
+            ports,
+            rx_batch: vec![FrameDesc::default(); batch],
+            tx_batch: vec![FrameDesc::default(); batch],
+            comp_batch: vec![FrameDesc::default(); settings.completion_ring as usize],
+            reader,
+            settings: settings.clone(),
+            pollfds,
+        })
+    }
+
+    /// The (first) socket's fd, for the NIC program's XSKMAP.
+    pub fn fd(&self) -> RawFd {
+        self.ports[0].rx.fd().as_raw_fd()
+    }
+
+    /// Every socket's fd with its interface and queue and whether it is zero-copy, in
+    /// the order the queues were given.
+    pub fn fds(&self) -> impl Iterator<Item = (&str, u32, RawFd, bool)> + '_ {
+        self.ports.iter().map(|p| {
+            (
+                p.ifname.as_str(),
+                p.queue,
+                p.rx.fd().as_raw_fd(),
+                p.zero_copy,
+            )
+        })
+    }
+
+    /// Whether the (first) socket is bound in zero-copy mode (otherwise copy mode).
+    pub fn zero_copy(&self) -> bool {
+        self.ports[0].zero_copy
+    }
+
+    /// The counters of the (first) queue.
+    pub fn counters(&self) -> &WorkerCounters {
+        &self.ports[0].counters
+    }
+
+    /// The counters of each queue, in the order the queues were given.
+    pub fn queue_counters(&self) -> impl Iterator<Item = &WorkerCounters> + '_ {
+        self.ports.iter().map(|p| &p.counters)
+    }
+
+    /// The kernel's own counters for the (first) socket (drops for lack of fill frames,
+    /// invalid descriptors, ...).
+    pub fn kernel_statistics(&self) -> Result<xsk_rs::socket::XdpStatistics, EngineError> {
+        self.ports[0]
+            .rx
+            .fd()
+            .xdp_statistics()
+            .map_err(|source| EngineError::Socket {
+                syscall: "getsockopt(XDP_STATISTICS)",
+                source,
+            })
+    }
+
+    /// Runs until `stop` is set. Before dropping the worker, clear its XSKMAP slots.
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<(), EngineError> {
+        self.run_loop(stop, &[])
+    }
+
+    /// Like [`Self::run`], and copies each queue's counters into its slot (`slots[i]`
+    /// for the i-th queue) about every [`PUBLISH_INTERVAL`], and once more when stopping
+    /// (or failing).
+    pub fn run_published(
+        &mut self,
+        stop: &AtomicBool,
+        slots: &[&CounterSlot],
+    ) -> Result<(), EngineError> {
+        let result = self.run_loop(stop, slots);
+        self.publish(slots);
+        result
+    }
+
+    fn publish(&self, slots: &[&CounterSlot]) {
+        for (port, slot) in self.ports.iter().zip(slots) {
+            slot.publish(&port.counters);
+        }
+    }
+
+    fn run_loop(&mut self, stop: &AtomicBool, slots: &[&CounterSlot]) -> Result<(), EngineError> {
+        let mut idle: u32 = 0;
+        let mut iterations: u32 = 0;
+        let mut published = Instant::now();
+        let batch = self.settings.batch_size as usize;
+        while !stop.load(Ordering::Relaxed) {
+            iterations = iterations.wrapping_add(1);
+            // Reading the clock (vDSO, no syscall) every iteration would still cost;
+            // every 64th is enough for a 100 ms cadence both busy and idle.
+            if !slots.is_empty() && iterations % 64 == 0 {
+                let now = Instant::now();
+                if now.duration_since(published) >= PUBLISH_INTERVAL {
+                    self.publish(slots);
+                    published = now;
+                }
+            }
+            let mut busy = false;
+            let Worker {
+                ports,
+                rx_batch,
+                tx_batch,
+                comp_batch,
+                reader,
+                settings,
+                ..
+            } = self;
+            for port in ports.iter_mut() {
+                port.complete(comp_batch);
+                port.refill();
+                // SAFETY: the descriptors written into `rx_batch` are frames the kernel
+                // hands back to this port; `rx_batch` holds no frame at this point (the
+                // previous batch went to a TX ring or a stash).
+                let received = unsafe { port.rx.consume(&mut rx_batch[..batch]) };
+                if received > 0 {
+                    busy = true;
+                    let tables = reader.load();
+                    port.counters
+                        .services
+                        .reserve_ids(tables.service_id_bound());
+                    let to_send = port.process(tables, &mut rx_batch[..received], tx_batch);
+                    port.transmit(&tx_batch[..to_send], stop, settings, comp_batch);
+                }
+                if port.outstanding > 0 {
+                    busy = true;
+                    if port.tx_needs_kick(settings) {
+                        port.kick()?;
+                    }
+                } else if received == 0
+                    && port.zero_copy
+                    && settings.need_wakeup
+                    && port.fill.needs_wakeup()
+                {
+                    // The driver stopped pulling from the fill ring until woken.
+                    port.rx.poll(0).map_err(|source| EngineError::Socket {
+                        syscall: "poll (fill wakeup)",
+                        source,
+                    })?;
+                }
+            }
+            if busy {
+                idle = 0;
+                continue;
+            }
+            idle = idle.saturating_add(1);
+            if self.settings.idle_spins > 0 && idle >= self.settings.idle_spins {
+                self.sleep_until_readable()?;
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits up to `idle_poll_ms` for any socket to have something to receive.
+    fn sleep_until_readable(&mut self) -> Result<(), EngineError> {
+        for entry in &mut self.pollfds {
+            entry.revents = 0;
+        }
+        // SAFETY: `pollfds` is a live array of `pollfds.len()` initialized entries whose
+        // fds are this worker's open sockets; poll only writes their `revents`.
+        let rc = unsafe {
+            libc::poll(
+                self.pollfds.as_mut_ptr(),
+                self.pollfds.len() as libc::nfds_t,
+                self.settings.idle_poll_ms,
+            )
+        };
+        if rc < 0 {
+            let source = io::Error::last_os_error();
+            if source.kind() != io::ErrorKind::Interrupted {
+                return Err(EngineError::Socket {
+                    syscall: "poll",
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Port {
+    fn bind(
+        ifname: &str,
+        queue: u32,
+        settings: &EngineSettings,
+        local: Local,
+    ) -> Result<Self, EngineError> {
         let s = settings;
         let umem_error = |source: Box<dyn std::error::Error + Send + Sync>| EngineError::Umem {
             frame_count: s.frame_count,
@@ -173,155 +419,50 @@ impl Worker {
             queue,
         })?;
 
-        let batch = s.batch_size as usize;
         let mut stash = Vec::with_capacity(descs.len());
         stash.extend_from_slice(&descs);
-        let mut worker = Worker {
+        let mut port = Port {
             tx,
             rx,
             fill,
             comp,
             umem,
             stash,
-            rx_batch: vec![FrameDesc::default(); batch],
-            tx_batch: vec![FrameDesc::default(); batch],
-            comp_batch: vec![FrameDesc::default(); s.completion_ring as usize],
             outstanding: 0,
-            reader,
             local,
-            settings: s.clone(),
             counters: WorkerCounters::default(),
             ifname: ifname.into(),
             queue,
             zero_copy,
         };
-        worker.refill();
-        Ok(worker)
+        port.refill();
+        Ok(port)
     }
 
-    /// The socket's fd, for the NIC program's XSKMAP.
-    pub fn fd(&self) -> RawFd {
-        self.rx.fd().as_raw_fd()
-    }
-
-    /// Whether the socket is bound in zero-copy mode (otherwise copy mode).
-    pub fn zero_copy(&self) -> bool {
-        self.zero_copy
-    }
-
-    pub fn counters(&self) -> &WorkerCounters {
-        &self.counters
-    }
-
-    /// The kernel's own counters for this socket (drops for lack of fill frames, invalid
-    /// descriptors, ...).
-    pub fn kernel_statistics(&self) -> Result<xsk_rs::socket::XdpStatistics, EngineError> {
-        self.rx
-            .fd()
-            .xdp_statistics()
-            .map_err(|source| EngineError::Socket {
-                syscall: "getsockopt(XDP_STATISTICS)",
-                source,
-            })
-    }
-
-    /// Runs until `stop` is set. Before dropping the worker, clear its XSKMAP slot.
-    pub fn run(&mut self, stop: &AtomicBool) -> Result<(), EngineError> {
-        self.run_loop(stop, None)
-    }
-
-    /// Like [`Self::run`], and copies the counters into `slot` about every
-    /// [`PUBLISH_INTERVAL`], and once more when stopping (or failing).
-    pub fn run_published(
+    /// Runs the pipeline over `received` (just consumed from this port's RX ring).
+    /// Frames to transmit go to `tx_batch` (their count is returned), dropped frames to
+    /// the stash.
+    fn process(
         &mut self,
-        stop: &AtomicBool,
-        slot: &CounterSlot,
-    ) -> Result<(), EngineError> {
-        let result = self.run_loop(stop, Some(slot));
-        slot.publish(&self.counters);
-        result
-    }
-
-    fn run_loop(
-        &mut self,
-        stop: &AtomicBool,
-        slot: Option<&CounterSlot>,
-    ) -> Result<(), EngineError> {
-        let mut idle: u32 = 0;
-        let mut iterations: u32 = 0;
-        let mut published = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            iterations = iterations.wrapping_add(1);
-            // Reading the clock (vDSO, no syscall) every iteration would still cost;
-            // every 64th is enough for a 100 ms cadence both busy and idle.
-            if let Some(slot) = slot.filter(|_| iterations % 64 == 0) {
-                let now = Instant::now();
-                if now.duration_since(published) >= PUBLISH_INTERVAL {
-                    slot.publish(&self.counters);
-                    published = now;
-                }
-            }
-            self.complete();
-            self.refill();
-            let batch = self.settings.batch_size as usize;
-            // SAFETY: the descriptors written into `rx_batch` are frames the kernel hands
-            // back to us; `rx_batch` holds no frame of ours at this point (the previous
-            // batch went to the TX ring or the stash).
-            let received = unsafe { self.rx.consume(&mut self.rx_batch[..batch]) };
-            if received > 0 {
-                idle = 0;
-                let to_send = self.process(received);
-                self.transmit(to_send, stop);
-            }
-            if self.outstanding > 0 {
-                if self.tx_needs_kick() {
-                    self.kick()?;
-                }
-            } else if received == 0 {
-                if self.zero_copy && self.settings.need_wakeup && self.fill.needs_wakeup() {
-                    // The driver stopped pulling from the fill ring until woken.
-                    self.rx.poll(0).map_err(|source| EngineError::Socket {
-                        syscall: "poll (fill wakeup)",
-                        source,
-                    })?;
-                }
-                idle = idle.saturating_add(1);
-                if self.settings.idle_spins > 0 && idle >= self.settings.idle_spins {
-                    self.rx.poll(self.settings.idle_poll_ms).map_err(|source| {
-                        EngineError::Socket {
-                            syscall: "poll",
-                            source,
-                        }
-                    })?;
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs the pipeline over the first `received` descriptors of `rx_batch`. Frames to
-    /// transmit go to `tx_batch` (their count is returned), dropped frames to the stash.
-    fn process(&mut self, received: usize) -> usize {
-        let Worker {
+        tables: &Tables,
+        received: &mut [FrameDesc],
+        tx_batch: &mut [FrameDesc],
+    ) -> usize {
+        let Port {
             umem,
             stash,
-            rx_batch,
-            tx_batch,
-            reader,
             local,
             counters,
             ..
         } = self;
-        let tables = reader.load();
         let mut to_send = 0;
-        for desc in &mut rx_batch[..received] {
+        for desc in received {
             let len = desc.lengths().data();
             counters.rx_packets += 1;
             counters.rx_bytes += len as u64;
+            let mut hit = None;
             let verdict = {
-                // SAFETY: `desc` was just consumed from this socket's RX ring, so its frame
+                // SAFETY: `desc` was just consumed from this port's RX ring, so its frame
                 // belongs to this UMEM and to nobody else until we hand it on below.
                 let mut data = unsafe { umem.data_mut(desc) };
                 let mut cursor = data.cursor();
@@ -329,12 +470,15 @@ impl Worker {
                 // left alone), process, then cut it to the output length.
                 cursor.set_pos(len + REQUIRED_HEADROOM);
                 let (verdict, out_len) = process_shifted(data.contents_mut(), len, |frame| {
-                    pipeline::process(tables, local, frame)
+                    pipeline::process_counted(tables, local, frame, &mut hit)
                 });
                 data.cursor().set_pos(out_len);
                 verdict
             };
             counters.outcomes.record(verdict);
+            if let Some(hit) = hit {
+                counters.services.record(hit);
+            }
             match verdict {
                 Verdict::Forward | Verdict::Reply => {
                     tx_batch[to_send] = *desc;
@@ -346,19 +490,26 @@ impl Worker {
         to_send
     }
 
-    /// Puts `tx_batch[..count]` on the TX ring, kicking and draining completions while it
-    /// is full. If `stop` is set meanwhile, what did not fit goes back to the stash.
-    fn transmit(&mut self, count: usize, stop: &AtomicBool) {
+    /// Puts `descs` on the TX ring, kicking and draining completions while it is full.
+    /// If `stop` is set meanwhile, what did not fit goes back to the stash.
+    fn transmit(
+        &mut self,
+        descs: &[FrameDesc],
+        stop: &AtomicBool,
+        settings: &EngineSettings,
+        comp_batch: &mut [FrameDesc],
+    ) {
+        let count = descs.len();
         let mut sent = 0;
         while sent < count {
             let want = count - sent;
             let free = (self.tx.nb_free(want as u32) as usize).min(want);
             if free > 0 {
-                let descs = &self.tx_batch[sent..sent + free];
-                // SAFETY: these frames came from our RX ring this iteration and have been
-                // processed; from here the kernel owns them until they complete.
-                let produced = unsafe { self.tx.produce(descs) };
-                for desc in &descs[..produced] {
+                let batch = &descs[sent..sent + free];
+                // SAFETY: these frames came from this port's RX ring this iteration and
+                // have been processed; from here the kernel owns them until they complete.
+                let produced = unsafe { self.tx.produce(batch) };
+                for desc in &batch[..produced] {
                     self.counters.tx_packets += 1;
                     self.counters.tx_bytes += desc.lengths().data() as u64;
                 }
@@ -367,11 +518,13 @@ impl Worker {
             }
             if sent < count {
                 self.counters.tx_ring_full += 1;
-                if stop.load(Ordering::Relaxed) || (self.tx_needs_kick() && self.kick().is_err()) {
-                    self.stash.extend_from_slice(&self.tx_batch[sent..count]);
+                if stop.load(Ordering::Relaxed)
+                    || (self.tx_needs_kick(settings) && self.kick().is_err())
+                {
+                    self.stash.extend_from_slice(&descs[sent..count]);
                     return;
                 }
-                self.complete();
+                self.complete(comp_batch);
             }
         }
     }
@@ -379,8 +532,8 @@ impl Worker {
     /// Copy mode sends at most 32 frames per kick and only when kicked, so it is kicked
     /// whenever anything is outstanding (PLATFORM.md pitfall 6). Zero-copy drivers send
     /// on their own and set the need-wakeup flag when they want a kick.
-    fn tx_needs_kick(&self) -> bool {
-        !self.zero_copy || !self.settings.need_wakeup || self.tx.needs_wakeup()
+    fn tx_needs_kick(&self, settings: &EngineSettings) -> bool {
+        !self.zero_copy || !settings.need_wakeup || self.tx.needs_wakeup()
     }
 
     fn kick(&mut self) -> Result<(), EngineError> {
@@ -392,14 +545,14 @@ impl Worker {
     }
 
     /// Moves completed TX frames to the stash.
-    fn complete(&mut self) {
+    fn complete(&mut self, comp_batch: &mut [FrameDesc]) {
         if self.outstanding == 0 {
             return;
         }
-        // SAFETY: the completion ring hands back frames of this UMEM whose transmission
-        // finished; they go straight to the stash.
-        let done = unsafe { self.comp.consume(&mut self.comp_batch) };
-        self.stash.extend_from_slice(&self.comp_batch[..done]);
+        // SAFETY: the completion ring hands back frames of this port's UMEM whose
+        // transmission finished; they go straight to the stash.
+        let done = unsafe { self.comp.consume(comp_batch) };
+        self.stash.extend_from_slice(&comp_batch[..done]);
         self.outstanding -= done;
     }
 
@@ -415,8 +568,8 @@ impl Worker {
         }
         let give = room.min(self.stash.len());
         let from = self.stash.len() - give;
-        // SAFETY: frames in the stash are free and belong to this UMEM; once produced they
-        // are the kernel's until they come back on the RX ring.
+        // SAFETY: frames in the stash are free and belong to this port's UMEM; once
+        // produced they are the kernel's until they come back on the RX ring.
         let given = unsafe { self.fill.produce(&self.stash[from..]) };
         // `produce` puts all of them or none.
         if given == give {

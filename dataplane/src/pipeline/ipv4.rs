@@ -12,7 +12,7 @@
 use std::net::Ipv4Addr;
 
 use super::bytes::{read_u16, read_u32, write_u16, IPPROTO_TCP, IPPROTO_UDP, IPV4_FRAGMENT_MASK};
-use super::verdict::DropReason;
+use super::verdict::{DropReason, ServiceHit};
 use super::Local;
 use crate::tables::maglev::flow_hash;
 use crate::tables::{SubnetEntry, Tables, VpcEntry};
@@ -33,6 +33,8 @@ pub(crate) struct NextHop {
     pub mac: [u8; 6],
     pub host_hint: Option<SluiceOption>,
     pub service_orig: Option<SluiceOption>,
+    /// The service and backend this gateway translated the packet to, if it did.
+    pub service: Option<ServiceHit>,
 }
 
 /// Decides the next hop for the IPv4 frame `inner` and rewrites it for that hop.
@@ -59,15 +61,17 @@ pub(crate) fn forward(
     let src = read_u32(ip, ipv4::SRC_ADDR_OFFSET);
     let mut dst = read_u32(ip, IPV4_DST_OFFSET);
     let mut service_orig = incoming_service;
+    let mut service = None;
 
     if vpc.is_service_ip(dst) {
         if read_u16(ip, ipv4::FLAGS_FRAG_OFFSET) & IPV4_FRAGMENT_MASK != 0 {
             return Err(DropReason::ServiceFragment);
         }
         let protocol = ip[ipv4::PROTOCOL_OFFSET];
-        let (backend, orig) = dnat(tables, vni, ip, header_len, protocol, src, dst)?;
+        let (backend, orig, hit) = dnat(tables, vni, ip, header_len, protocol, src, dst)?;
         dst = backend;
         service_orig = Some(orig);
+        service = Some(hit);
     }
 
     let host = match tables.endpoint(vni, dst) {
@@ -101,6 +105,7 @@ pub(crate) fn forward(
         mac: host.mac.0,
         host_hint,
         service_orig,
+        service,
     })
 }
 
@@ -140,8 +145,8 @@ fn hand_on(
     }
 }
 
-/// Rewrites the destination of a packet to a service VIP; returns the backend address
-/// and the SERVICE_ORIG option describing the VIP.
+/// Rewrites the destination of a packet to a service VIP; returns the backend address,
+/// the SERVICE_ORIG option describing the VIP, and which service and backend it was.
 #[inline]
 fn dnat(
     tables: &Tables,
@@ -151,7 +156,7 @@ fn dnat(
     protocol: u8,
     src: u32,
     vip: u32,
-) -> Result<(u32, SluiceOption), DropReason> {
+) -> Result<(u32, SluiceOption, ServiceHit), DropReason> {
     let (checksum_offset, min_len) = match protocol {
         IPPROTO_TCP => (tcp::CHECKSUM_OFFSET, tcp::MIN_HEADER_LEN),
         IPPROTO_UDP => (udp::CHECKSUM_OFFSET, udp::HEADER_LEN),
@@ -173,7 +178,8 @@ fn dnat(
         vip_port,
         protocol,
     );
-    let (backend_ip, backend_port) = service.pick(hash).ok_or(DropReason::NoBackend)?;
+    let (index, backend_ip, backend_port) =
+        service.pick_indexed(hash).ok_or(DropReason::NoBackend)?;
     let backend = u32::from(backend_ip);
 
     let ip_csum = read_u16(ip, IPV4_CHECKSUM_OFFSET);
@@ -201,7 +207,11 @@ fn dnat(
         port: vip_port,
         protocol,
     };
-    Ok((backend, orig))
+    let hit = ServiceHit {
+        instance: service.instance,
+        backend: index,
+    };
+    Ok((backend, orig, hit))
 }
 
 #[inline]

@@ -549,3 +549,78 @@ fn the_bare_good_packet_is_forwarded() {
     let out = run_with(&drop_world(), &local, &packet);
     assert_eq!(out.verdict, Verdict::Forward);
 }
+
+/// Runs `packet` through `process_counted`; returns the verdict, the bytes and the hit.
+fn run_counted(writer: &TableWriter, packet: &[u8]) -> (Out, Option<ServiceHit>) {
+    let mut buf = with_headroom(packet);
+    let tables = writer.snapshot();
+    let mut frame = Frame::new(&mut buf, HEADROOM, packet.len()).unwrap();
+    let mut hit = None;
+    let verdict = process_counted(&tables, &local(), &mut frame, &mut hit);
+    let bytes = frame.data().to_vec();
+    (Out { verdict, bytes }, hit)
+}
+
+#[test]
+fn dnat_reports_the_service_and_the_backend_it_chose() {
+    let writer = world_tables();
+    let tables = writer.snapshot();
+    let service = |vip: Ipv4Addr, port: u16, protocol: u8| {
+        tables
+            .service(VNI_A, vip.to_bits(), port, protocol)
+            .expect("in the world")
+    };
+    let tcp = service(VIP_TCP, VIP_TCP_PORT, 6);
+    let udp = service(VIP_UDP, VIP_UDP_PORT, 17);
+    assert_ne!(tcp.instance.id, udp.instance.id);
+    for src_port in 30_000..30_100u16 {
+        let inner = inner_tcp(
+            POD_A1_MAC,
+            ROUTER_A1_MAC,
+            POD_A1,
+            VIP_TCP,
+            (src_port, VIP_TCP_PORT),
+            b"GET /",
+        );
+        let (out, hit) = run_counted(&writer, &from_h1(&inner));
+        let d = forwarded(&out);
+        let hit = hit.expect("a DNAT packet reports its service");
+        assert_eq!(hit.instance, tcp.instance);
+        // The reported backend is the one the packet was rewritten to.
+        let backend = &tcp.service.backends[usize::from(hit.backend)];
+        assert_eq!(&d.inner[30..34], &backend.ip.octets());
+        assert_eq!(u16::from_be_bytes([d.inner[36], d.inner[37]]), backend.port);
+    }
+    let inner = inner_udp(
+        POD_A1_MAC,
+        ROUTER_A1_MAC,
+        POD_A1,
+        VIP_UDP,
+        (5000, VIP_UDP_PORT),
+        b"q",
+    );
+    let (_, hit) = run_counted(&writer, &from_h1(&inner));
+    assert_eq!(hit.map(|h| h.instance), Some(udp.instance));
+}
+
+#[test]
+fn only_forwarded_dnat_packets_report_a_hit() {
+    let writer = world_tables();
+    // A bounce: no service.
+    let inner = inner_udp(POD_A1_MAC, POD_A1B_MAC, POD_A1, POD_A1B, (1, 2), b"x");
+    let (out, hit) = run_counted(&writer, &from_h1(&inner));
+    assert_eq!(out.verdict, Verdict::Forward);
+    assert_eq!(hit, None);
+    // A service without backends that take traffic: dropped, no hit.
+    let inner = inner_tcp(
+        POD_A1_MAC,
+        ROUTER_A1_MAC,
+        POD_A1,
+        VIP_DRAINED,
+        (1000, VIP_TCP_PORT),
+        b"x",
+    );
+    let (out, hit) = run_counted(&writer, &from_h1(&inner));
+    assert!(matches!(out.verdict, Verdict::Drop(_)), "{:?}", out.verdict);
+    assert_eq!(hit, None);
+}

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::tables::ServiceInstance;
+
 /// The outcome of [`process`](super::process) for one frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -11,6 +13,15 @@ pub enum Verdict {
     Reply,
     /// Not transmitted; return the frame to the fill ring and count the reason.
     Drop(DropReason),
+}
+
+/// A packet translated to a service backend and forwarded: which service (its id and
+/// stamp, see [`ServiceInstance`]) and which backend (its position in the service's
+/// backend list). Reported by [`process_counted`](super::process_counted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceHit {
+    pub instance: ServiceInstance,
+    pub backend: u16,
 }
 
 macro_rules! drop_reasons {

@@ -4,6 +4,10 @@
 //! lines, and sums them when asked; this module only says what a sum looks like and how
 //! the service asks for one. It must not make workers wait or share counters between them.
 
+use std::net::Ipv4Addr;
+
+use sluice_api::Protocol;
+
 use crate::pipeline::DropCounters;
 
 /// Counters summed over every worker at one moment.
@@ -15,6 +19,27 @@ pub struct PacketCounters {
     pub tx_bytes: u64,
     /// Forwarded and replied packets and drops by reason.
     pub outcomes: DropCounters,
+    /// Forwarded packets per service that exists now, and per backend.
+    pub services: Vec<ServiceCount>,
+}
+
+/// Packets forwarded to one service's backends, summed over every worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceCount {
+    pub vni: u32,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub packets: u64,
+    /// Every backend of the service, in its order, with its packets.
+    pub backends: Vec<BackendCount>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendCount {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub packets: u64,
 }
 
 /// Something that can sum the workers' counters: the engine, or a test.

@@ -112,6 +112,26 @@ fn counters_reply(counters: &PacketCounters, generation: u64) -> pb::Counters {
             .collect(),
         generation,
         boot_id: boot_id().to_owned(),
+        services: counters
+            .services
+            .iter()
+            .map(|s| pb::ServiceCount {
+                vni: s.vni,
+                vip: s.vip.to_string(),
+                port: u32::from(s.port),
+                protocol: sluice_api::convert::protocol_to_pb(s.protocol) as i32,
+                packets: s.packets,
+                backends: s
+                    .backends
+                    .iter()
+                    .map(|b| pb::BackendCount {
+                        ip: b.ip.to_string(),
+                        port: u32::from(b.port),
+                        packets: b.packets,
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }
 

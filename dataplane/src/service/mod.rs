@@ -22,7 +22,7 @@ pub mod rate;
 pub mod server;
 
 pub use control::{ControlTables, WriterUnavailable};
-pub use counters::{CounterSource, PacketCounters};
+pub use counters::{BackendCount, CounterSource, PacketCounters, ServiceCount};
 pub use gateway::{boot_id, rejected_status, GatewayService};
 pub use rate::RateLimiter;
 pub use server::{bind, serve, Bound, Limits, Listen, ServeError, ServerTls};

@@ -467,6 +467,7 @@ impl Tables {
                 let svc = &entry.service;
                 let vni = svc.vni.get();
                 let key = keys::service(vni, keys::ip(svc.vip), svc.port, svc.protocol.number());
+                self.service_id_bound = self.service_id_bound.max(entry.instance.id + 1);
                 match self.services.insert(key, entry) {
                     Some(old) => Op::UpsertService(old),
                     None => {

@@ -16,6 +16,7 @@ use sluice_api::{
 use super::endpoints::EndpointTable;
 use super::keys;
 use super::maglev::{MaglevBackend, MaglevTable};
+use super::service_ids::ServiceInstance;
 use super::slab::Slab;
 
 /// A VPC as the packet path sees it.
@@ -127,16 +128,21 @@ pub type HostId = u32;
 /// Index of a subnet in [`Tables`]; stable while the subnet exists.
 pub type SubnetId = u32;
 
+/// Dense index of a service, for per-service counters; see [`ServiceInstance`].
+pub type ServiceId = u32;
+
 /// A service with its Maglev table. Shared (`Arc`) by both copies of the tables.
 #[derive(Debug)]
 pub struct ServiceEntry {
     pub service: Service,
     /// `None` when no backend has weight: packets to the VIP are dropped as `NoBackend`.
     pub maglev: Option<MaglevTable>,
+    /// Its id and stamp, the same in both copies (handed out by the writer).
+    pub instance: ServiceInstance,
 }
 
 impl ServiceEntry {
-    pub fn new(service: Service) -> Self {
+    pub fn new(service: Service, instance: ServiceInstance) -> Self {
         let weighted: Vec<_> = service
             .backends
             .iter()
@@ -149,18 +155,26 @@ impl ServiceEntry {
         // Errors here are "no backend can take traffic", which the packet path reports
         // as `NoBackend`; everything else was validated with the object.
         let maglev = MaglevTable::new(&weighted).ok();
-        Self { service, maglev }
+        Self {
+            service,
+            maglev,
+            instance,
+        }
     }
 
     /// The backend (address, port) for a flow, if any backend takes traffic.
     #[inline]
     pub fn pick(&self, flow_hash: u64) -> Option<(Ipv4Addr, u16)> {
+        self.pick_indexed(flow_hash).map(|(_, ip, port)| (ip, port))
+    }
+
+    /// Like [`Self::pick`], with the backend's position in `service.backends`.
+    #[inline]
+    pub fn pick_indexed(&self, flow_hash: u64) -> Option<(u16, Ipv4Addr, u16)> {
         let maglev = self.maglev.as_ref()?;
-        let backend = self
-            .service
-            .backends
-            .get(maglev.lookup(flow_hash) as usize)?;
-        Some((backend.ip, backend.port))
+        let index = maglev.lookup(flow_hash);
+        let backend = self.service.backends.get(index as usize)?;
+        Some((index, backend.ip, backend.port))
     }
 }
 
@@ -183,6 +197,8 @@ pub struct Tables {
     pub(crate) subnets: Slab<SubnetEntry>,
     pub(crate) endpoints: EndpointTable,
     pub(crate) services: HashMap<u128, Arc<ServiceEntry>>,
+    /// Above every service id this copy has held: the size of a per-service array.
+    pub(crate) service_id_bound: u32,
     pub(crate) generation: u64,
 }
 
@@ -269,6 +285,17 @@ impl Tables {
 
     pub fn len_services(&self) -> usize {
         self.services.len()
+    }
+
+    /// Every service id is below this: the length a per-service counter array needs.
+    #[inline]
+    pub fn service_id_bound(&self) -> u32 {
+        self.service_id_bound
+    }
+
+    /// Every service entry. Order is unspecified.
+    pub fn service_entries(&self) -> impl Iterator<Item = &ServiceEntry> + '_ {
+        self.services.values().map(|s| &**s)
     }
 
     /// The object stored under `key`, as the control plane describes it.

@@ -19,10 +19,13 @@ mod endpoints;
 mod entries;
 mod keys;
 pub mod maglev;
+mod service_ids;
 mod slab;
 mod writer;
 
 pub use entries::{
-    EndpointEntry, HostEntry, HostId, ServiceEntry, SubnetEntry, SubnetId, Tables, VpcEntry,
+    EndpointEntry, HostEntry, HostId, ServiceEntry, ServiceId, SubnetEntry, SubnetId, Tables,
+    VpcEntry,
 };
-pub use writer::{RejectKind, Rejected, TableReader, TableWriter};
+pub use service_ids::ServiceInstance;
+pub use writer::{RejectKind, Rejected, TableReader, TableView, TableWriter};

@@ -20,6 +20,7 @@ use sluice_api::{FieldError, Object, ObjectKey, Transaction};
 use super::apply::Op;
 use super::entries::{ServiceEntry, Tables};
 use super::keys;
+use super::service_ids::ServiceIds;
 
 /// Why a transaction was refused, in gRPC terms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +64,7 @@ pub struct TableWriter {
     backlog: Vec<Op>,
     /// How long to wait for readers to leave the spare before copying the tables instead.
     reader_grace: Duration,
+    service_ids: ServiceIds,
 }
 
 impl fmt::Debug for TableWriter {
@@ -94,6 +96,26 @@ impl TableReader {
     }
 }
 
+/// A read-only handle on the published tables for the control thread (metrics, counters):
+/// cheap to clone, `Send + Sync`, never seen by workers.
+#[derive(Clone)]
+pub struct TableView(Shared);
+
+impl fmt::Debug for TableView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TableView")
+            .field("generation", &self.0.load().generation)
+            .finish()
+    }
+}
+
+impl TableView {
+    /// The published tables now.
+    pub fn snapshot(&self) -> Arc<Tables> {
+        self.0.load_full()
+    }
+}
+
 impl Default for TableWriter {
     fn default() -> Self {
         Self::new()
@@ -107,6 +129,7 @@ impl TableWriter {
             spare: Arc::new(Tables::default()),
             backlog: Vec::new(),
             reader_grace: Duration::from_millis(200),
+            service_ids: ServiceIds::default(),
         }
     }
 
@@ -114,6 +137,11 @@ impl TableWriter {
         TableReader {
             cache: Cache::new(Arc::clone(&self.shared)),
         }
+    }
+
+    /// A handle that follows the published tables, for readers off the packet path.
+    pub fn view(&self) -> TableView {
+        TableView(Arc::clone(&self.shared))
     }
 
     /// The published tables, for the control plane's reads.
@@ -128,7 +156,17 @@ impl TableWriter {
     /// Validates `txn` whole and applies it whole, or changes nothing. Returns the
     /// generation now published: unchanged when the transaction changed nothing.
     pub fn apply(&mut self, txn: &Transaction) -> Result<u64, Rejected> {
-        let ops = prepare(txn)?;
+        let ops = {
+            let published = self.shared.load();
+            prepare(txn, &published, &mut self.service_ids)
+        };
+        let ops = match ops {
+            Ok(ops) => ops,
+            Err(rejected) => {
+                self.service_ids.abort();
+                return Err(rejected);
+            }
+        };
         let spare = self.claim_spare();
         spare
             .endpoints
@@ -146,15 +184,28 @@ impl TableWriter {
                     for op in undo.into_iter().rev() {
                         spare.apply(op);
                     }
+                    self.service_ids.abort();
                     return Err(rejected);
                 }
             }
         }
+        // A delete's undo op holds the entry it removed.
+        let deleted: Vec<_> = applied
+            .iter()
+            .zip(&undo)
+            .filter_map(|(op, undo)| match (op, undo) {
+                (Op::DeleteService(_), Op::UpsertService(old)) => Some(old.instance.id),
+                _ => None,
+            })
+            .collect();
         if applied.is_empty() {
-            return Ok(spare.generation);
+            let generation = spare.generation;
+            self.service_ids.commit(deleted);
+            return Ok(generation);
         }
         spare.generation += 1;
         let generation = spare.generation;
+        self.service_ids.commit(deleted);
         let fresh = std::mem::replace(&mut self.spare, Arc::new(Tables::default()));
         self.spare = self.shared.swap(fresh);
         self.backlog = applied;
@@ -198,7 +249,12 @@ impl TableWriter {
 /// The transaction's ops in an order that satisfies dependencies: deletes of dependents,
 /// then upserts from the bottom up, then deletes of hosts. Objects are checked on their
 /// own here; checks against table state happen when each op is applied.
-fn prepare(txn: &Transaction) -> Result<Vec<(ObjectKey, Op)>, Rejected> {
+/// Services get their id and stamp here, from `ids`, given the `published` tables.
+fn prepare(
+    txn: &Transaction,
+    published: &Tables,
+    ids: &mut ServiceIds,
+) -> Result<Vec<(ObjectKey, Op)>, Rejected> {
     let mut seen = HashSet::with_capacity(txn.upserts.len() + txn.deletes.len());
     let mut ranked = Vec::with_capacity(txn.upserts.len() + txn.deletes.len());
     for key in &txn.deletes {
@@ -252,7 +308,15 @@ fn prepare(txn: &Transaction) -> Result<Vec<(ObjectKey, Op)>, Rejected> {
             Object::Endpoint(e) => (7, Op::UpsertEndpoint(e.clone())),
             // Building the Maglev table is the costly part of a service; it happens here,
             // once, and both copies of the tables share the result.
-            Object::Service(s) => (8, Op::UpsertService(Arc::new(ServiceEntry::new(s.clone())))),
+            Object::Service(s) => {
+                let current =
+                    published.service(s.vni.get(), keys::ip(s.vip), s.port, s.protocol.number());
+                let instance = ids.assign(s, current);
+                (
+                    8,
+                    Op::UpsertService(Arc::new(ServiceEntry::new(s.clone(), instance))),
+                )
+            }
         };
         ranked.push((rank, key, op));
     }
@@ -276,7 +340,7 @@ fn duplicate(key: ObjectKey) -> Rejected {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::net::Ipv4Addr;
 
     use proptest::prelude::*;
@@ -551,6 +615,67 @@ mod tests {
                 "{what}: rollback left a trace"
             );
         }
+    }
+
+    #[test]
+    fn services_keep_their_id_and_stamp_until_deleted_or_reshaped() {
+        let mut writer = world_tables();
+        let mut reader = writer.reader();
+        let backend = |last: u8, weight: u32| Backend {
+            ip: Ipv4Addr::new(10, 0, 1, last),
+            port: 8443,
+            weight,
+        };
+        let svc = service([10, 96, 0, 77], vec![backend(10, 1), backend(11, 1)]);
+        let instance = |tables: &Tables| {
+            let key = keys::service(VNI_A, u32::from(Ipv4Addr::new(10, 96, 0, 77)), 443, 6);
+            tables.services.get(&key).map(|s| s.instance)
+        };
+        writer.apply(&upsert(vec![svc.clone()])).unwrap();
+        let first = instance(reader.load()).unwrap();
+        // Both copies hold the same entry: the next transaction is applied to the other.
+        writer.apply(&upsert(vec![good_endpoint()])).unwrap();
+        assert_eq!(instance(reader.load()), Some(first));
+        assert!(reader.load().service_id_bound() > first.id);
+
+        // A weight change keeps the stamp; a new backend list keeps the id, new stamp.
+        let reweighted = service([10, 96, 0, 77], vec![backend(10, 3), backend(11, 1)]);
+        writer.apply(&upsert(vec![reweighted])).unwrap();
+        assert_eq!(instance(reader.load()), Some(first));
+        let reshaped = service([10, 96, 0, 77], vec![backend(11, 1)]);
+        writer.apply(&upsert(vec![reshaped])).unwrap();
+        let second = instance(reader.load()).unwrap();
+        assert_eq!(second.id, first.id);
+        assert_ne!(second.stamp, first.stamp);
+
+        // Deleted and re-created: the id may come back, the stamp never does.
+        writer.apply(&delete(vec![svc.key()])).unwrap();
+        assert_eq!(instance(reader.load()), None);
+        writer.apply(&upsert(vec![svc.clone()])).unwrap();
+        let third = instance(reader.load()).unwrap();
+        assert_eq!(third.id, first.id, "the smallest free id is reused");
+        assert!(third.stamp > second.stamp);
+
+        // A rejected transaction hands back the id it took.
+        let other = service([10, 96, 0, 78], vec![backend(10, 1)]);
+        let bad = upsert(vec![other.clone(), endpoint(VNI_A, [10, 9, 9, 9], H1)]);
+        writer.apply(&bad).expect_err("10.9.9.9 is in no subnet");
+        writer.apply(&upsert(vec![other])).unwrap();
+        let ids: BTreeSet<u32> = reader
+            .load()
+            .service_entries()
+            .map(|s| s.instance.id)
+            .collect();
+        assert_eq!(
+            ids.len(),
+            reader.load().len_services(),
+            "ids are unique: {ids:?}"
+        );
+        assert_eq!(
+            ids.iter().max().map(|m| m + 1),
+            Some(ids.len() as u32),
+            "ids are dense: {ids:?}"
+        );
     }
 
     #[test]
