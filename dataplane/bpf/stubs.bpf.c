@@ -213,7 +213,12 @@ static __always_inline int encapsulate(struct xdp_md *ctx, const struct node_con
 		fib.ifindex = ifindex;
 		fib.ipv4_src = src_ip;
 		fib.ipv4_dst = dst;
-		rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+		/*
+		 * An output lookup, as for a packet this node sends from the uplink. The
+		 * kernel answers only when IPv4 forwarding is on for the uplink; without it
+		 * the node agent must fill `neighbors` itself.
+		 */
+		rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
 		if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 			return count(STUB_CTR_DROP_NO_NEIGHBOR, XDP_DROP);
 		__builtin_memcpy(dst_mac, fib.dmac, ETH_ALEN);

@@ -888,3 +888,89 @@ impl Drop for Namespaces {
         }
     }
 }
+
+/// Without an entry in the neighbour map the agent asks the kernel's FIB (in the
+/// namespace of the interface the frame arrived on) and drops, counted, when it has no
+/// answer. Runs in its own namespace so that the machine's routes play no part.
+#[test]
+fn agent_falls_back_to_the_fib_for_neighbours() {
+    let pins = PinDir::new();
+    let ns = unique("sl-stub-fib");
+    let _guard = Namespaces(vec![ns.clone()]);
+    ip(&["netns", "add", &ns]);
+    ip(&["-n", &ns, "link", "set", "lo", "up"]);
+    for (a, b) in [("u0", "u1"), ("p0", "p1")] {
+        ip(&[
+            "-n", &ns, "link", "add", a, "type", "veth", "peer", "name", b,
+        ]);
+        ip(&["-n", &ns, "link", "set", a, "up"]);
+        ip(&["-n", &ns, "link", "set", b, "up"]);
+    }
+    ip(&["-n", &ns, "addr", "add", &format!("{NODE}/24"), "dev", "u0"]);
+    // The FIB helper answers only for interfaces that forward.
+    in_ns(&ns, || {
+        std::fs::write("/proc/sys/net/ipv4/conf/u0/forwarding", "1").expect("forwarding on")
+    });
+    ip(&[
+        "-n",
+        &ns,
+        "neigh",
+        "add",
+        &GW.to_string(),
+        "lladdr",
+        &GW_MAC.to_string(),
+        "dev",
+        "u0",
+        "nud",
+        "permanent",
+    ]);
+    let stubs = NodeStubs::load(&pins.0).expect("loading");
+    let (uplink, pod_if) = in_ns(&ns, || {
+        (
+            nix::net::if_::if_nametoindex("u0").unwrap(),
+            nix::net::if_::if_nametoindex("p0").unwrap(),
+        )
+    });
+    stubs
+        .set_node(&NodeIdentity {
+            ip: NODE,
+            mac: NODE_MAC.0,
+            ifindex: uplink,
+        })
+        .unwrap();
+    let frame = inner_udp(POD_A1_MAC, ROUTER_A1_MAC, POD_A1, POD_A2, (1, 2), b"x");
+    let run_with = |bouncer: Ipv4Addr| {
+        let pod = PodEntry {
+            bouncers: vec![bouncer],
+            ..pod_a1()
+        };
+        stubs.add_pod(pod_if, &pod).unwrap();
+        in_ns(&ns, || {
+            stubs.test_run(StubProgram::Agent, &frame, Some(pod_if))
+        })
+        .unwrap()
+    };
+    // Resolved by the FIB: the neighbour's MAC.
+    let run = run_with(GW);
+    assert_eq!(run.action, action::REDIRECT);
+    assert_eq!(
+        common::hex(&run.frame),
+        common::hex(&encapsulated(
+            (GW, GW_MAC),
+            VNI_A,
+            hash(POD_A1, POD_A2),
+            &[],
+            &frame
+        ))
+    );
+    // On the link but unresolved, and unroutable: dropped.
+    for bouncer in [GW2, Ipv4Addr::new(198, 19, 0, 1)] {
+        assert_eq!(run_with(bouncer).action, action::DROP, "{bouncer}");
+    }
+    assert_eq!(
+        stubs
+            .counter(sluice_dataplane::stubs::Counter::DropNoNeighbor)
+            .unwrap(),
+        2
+    );
+}

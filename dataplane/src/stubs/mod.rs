@@ -390,8 +390,10 @@ impl NodeStubs {
     }
 
     /// Underlay neighbours the agent stub encapsulates to (gateways, other workers):
-    /// ip -> mac. On a miss the stub falls back to bpf_fib_lookup; if that fails the
-    /// packet is dropped (counted).
+    /// ip -> mac. On a miss the stub falls back to bpf_fib_lookup (an output lookup on the
+    /// node's interface, which the kernel answers only when IPv4 forwarding is on for that
+    /// interface, and only for resolved neighbours); if that fails the packet is dropped
+    /// (counted as `drop_no_neighbor`).
     pub fn set_underlay_neighbor(&self, ip: Ipv4Addr, mac: [u8; 6]) -> Result<(), StubError> {
         let mut value = [0u8; layout::NEIGHBOR_VALUE_SIZE];
         value[..6].copy_from_slice(&mac);
@@ -644,18 +646,24 @@ impl NodeStubs {
             message: message(&e),
         };
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-        // egress_ifindex; the kernel wants the first three zero.
+        // egress_ifindex; the kernel wants data 0, data_end the frame's length, data_meta
+        // and egress_ifindex 0.
+        let len = u32::try_from(frame.len()).map_err(|_| StubError::TestRun {
+            program: program.name(),
+            message: format!("a frame of {} bytes", frame.len()),
+        })?;
         let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&len.to_ne_bytes());
         if let Some(ifindex) = ingress_ifindex {
             ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
         }
         let mut out = vec![0u8; frame.len() + 512];
-        let mut input = libbpf_rs::ProgramInput::default();
-        input.data_in = Some(frame);
-        input.data_out = Some(&mut out);
-        if ingress_ifindex.is_some() {
-            input.context_in = Some(&mut ctx);
-        }
+        let input = libbpf_rs::ProgramInput {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            context_in: ingress_ifindex.is_some().then_some(&mut ctx[..]),
+            ..Default::default()
+        };
         let output = prog.test_run(input).map_err(fail)?;
         let frame = output.data.map(|d| d.to_vec()).unwrap_or_default();
         Ok(TestRun {
