@@ -8,6 +8,8 @@
 //!   service DNAT logic as a pure function, unit-tested and benchmarked without sockets.
 //! * [`engine`]: AF_XDP workers that run the pipeline on pinned cores (the one module
 //!   allowed `unsafe`); [`nic`]: the XDP program that steers Geneve to their sockets.
+//! * [`stubs`]: the worker node's XDP stubs (pod egress, underlay ingress) and their
+//!   loader, used by the node agent.
 //! * [`service`]: the gRPC control service over the tables; [`config`]: the gateway's
 //!   configuration file; [`appliance`]: the `sluice-gateway` process that ties them up.
 //!
