@@ -1,0 +1,676 @@
+//! Where a pod's address comes from: the controller over gRPC (`controller.proto`), or a
+//! static allocation file standing in for it, behind one trait.
+//!
+//! Both are idempotent per (container id, interface): asking twice returns the same
+//! allocation, and releasing what is not held succeeds.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::Deserialize;
+use sluice_api::client::{connect, Target};
+use sluice_api::proto::v1::controller_client::ControllerClient;
+use sluice_api::proto::v1::{
+    AttachEndpointRequest, DetachEndpointRequest, RegisterNodeRequest, UnderlayHost,
+};
+use sluice_api::{Ipv4Cidr, MacAddr};
+
+/// What the agent asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttachRequest {
+    pub node: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    /// "VPC/SUBNET"; empty for the default network.
+    pub network: String,
+}
+
+/// A pod interface's allocation.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct Allocation {
+    pub vni: u32,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub mac: [u8; 6],
+    pub router_ip: Ipv4Addr,
+    pub router_mac: [u8; 6],
+    /// Bouncers' underlay addresses with their MACs, stable order.
+    pub bouncers: Vec<(Ipv4Addr, [u8; 6])>,
+    /// None: the node's own pod MTU.
+    pub mtu: Option<u32>,
+    pub vpc: String,
+    pub subnet: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AllocError {
+    #[error("network {0:?} is not known to the allocator")]
+    UnknownNetwork(String),
+    #[error("subnet {0} has no free address")]
+    Exhausted(String),
+    #[error("allocation store {path}: {source}")]
+    Store {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("static allocation file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("controller {target} unreachable: {message}")]
+    Unreachable { target: String, message: String },
+    #[error("controller refused: {0}")]
+    Refused(String),
+    #[error("controller reply: {0}")]
+    BadReply(String),
+}
+
+/// An underlay host (gateway or worker) with its MAC.
+pub type UnderlayNeighbor = (Ipv4Addr, [u8; 6]);
+
+/// The allocator the node agent uses.
+pub trait Allocator: Send + Sync + 'static {
+    /// Announces the node; returns the underlay hosts it must reach.
+    fn register(
+        &self,
+        node: &str,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> impl Future<Output = Result<Vec<UnderlayNeighbor>, AllocError>> + Send;
+    fn attach(
+        &self,
+        req: &AttachRequest,
+    ) -> impl Future<Output = Result<Allocation, AllocError>> + Send;
+    /// Ok(false) when nothing was held.
+    fn detach(
+        &self,
+        node: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> impl Future<Output = Result<bool, AllocError>> + Send;
+    /// Whether the allocator answers now.
+    fn reachable(&self) -> impl Future<Output = Result<(), AllocError>> + Send;
+    /// Identities holding an allocation, when the allocator keeps them locally (the
+    /// static file does; the controller's are its own business).
+    fn held(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+fn mac_of(s: &str, field: &str) -> Result<[u8; 6], String> {
+    s.parse::<MacAddr>()
+        .map(|m| m.0)
+        .map_err(|e| format!("{field}: {e}"))
+}
+
+/// The static allocation file (config/static-allocation.toml documents it).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaticFile {
+    #[serde(default)]
+    gateways: Vec<HostEntry>,
+    #[serde(default)]
+    workers: Vec<HostEntry>,
+    subnets: Vec<SubnetEntry>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostEntry {
+    ip: Ipv4Addr,
+    mac: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubnetEntry {
+    vpc: String,
+    name: String,
+    vni: u32,
+    cidr: String,
+    router_mac: String,
+    bouncers: Vec<Ipv4Addr>,
+    #[serde(default)]
+    range_start: Option<Ipv4Addr>,
+    #[serde(default)]
+    range_end: Option<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug)]
+struct Subnet {
+    vpc: String,
+    name: String,
+    vni: u32,
+    cidr: Ipv4Cidr,
+    router_ip: Ipv4Addr,
+    router_mac: [u8; 6],
+    bouncers: Vec<UnderlayNeighbor>,
+    first: u32,
+    last: u32,
+}
+
+/// The controller's stand-in: subnets from a file, host-local style address leases
+/// recorded one file per lease under `<state_dir>/leases`, so a restart loses nothing.
+#[derive(Debug)]
+pub struct StaticAllocator {
+    subnets: Vec<Subnet>,
+    neighbors: Vec<UnderlayNeighbor>,
+    leases_dir: PathBuf,
+    state: Mutex<Leases>,
+}
+
+#[derive(Debug, Default)]
+struct Leases {
+    /// (container id, ifname) -> (subnet index, address)
+    by_owner: HashMap<(String, String), (usize, Ipv4Addr)>,
+    used: HashSet<(u32, Ipv4Addr)>,
+    /// Per subnet: where the next search starts (host-local's round robin).
+    cursor: Vec<u32>,
+}
+
+impl StaticAllocator {
+    pub fn load(file: &Path, state_dir: &Path) -> Result<Self, AllocError> {
+        let bad = |message: String| AllocError::File {
+            path: file.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| bad(e.to_string()))?;
+        let parsed: StaticFile = toml::from_str(&text).map_err(|e| bad(e.message().to_owned()))?;
+        let mut macs = HashMap::new();
+        let mut neighbors = Vec::new();
+        for (i, h) in parsed.gateways.iter().chain(&parsed.workers).enumerate() {
+            let mac = mac_of(&h.mac, &format!("host {i} ({})", h.ip)).map_err(bad)?;
+            macs.insert(h.ip, mac);
+            neighbors.push((h.ip, mac));
+        }
+        if parsed.subnets.is_empty() {
+            return Err(bad("subnets: name at least one".into()));
+        }
+        let mut subnets = Vec::new();
+        for s in &parsed.subnets {
+            let at = |field: &str| format!("subnets {}/{}: {field}", s.vpc, s.name);
+            let cidr: Ipv4Cidr = s
+                .cidr
+                .parse()
+                .map_err(|e| bad(format!("{}: {e}", at("cidr"))))?;
+            let net = cidr.first();
+            if cidr.prefix_len() > 30 {
+                return Err(bad(format!("{} is too small for pods", at("cidr"))));
+            }
+            let broadcast = net | (u32::MAX >> cidr.prefix_len());
+            let first = s.range_start.map(u32::from).unwrap_or(net + 2);
+            let last = s.range_end.map(u32::from).unwrap_or(broadcast - 1);
+            if first < net + 2 || last > broadcast - 1 || first > last {
+                return Err(bad(format!(
+                    "{}: the range must lie inside {} after the router address",
+                    at("range_start/range_end"),
+                    s.cidr
+                )));
+            }
+            if s.bouncers.is_empty() || s.bouncers.len() > sluice_dataplane::stubs::MAX_BOUNCERS {
+                return Err(bad(format!(
+                    "{}: name 1 to {} bouncers",
+                    at("bouncers"),
+                    sluice_dataplane::stubs::MAX_BOUNCERS
+                )));
+            }
+            let bouncers = s
+                .bouncers
+                .iter()
+                .map(|b| {
+                    macs.get(b).map(|m| (*b, *m)).ok_or_else(|| {
+                        bad(format!("{}: {b} is not among the gateways", at("bouncers")))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            subnets.push(Subnet {
+                vpc: s.vpc.clone(),
+                name: s.name.clone(),
+                vni: s.vni,
+                cidr,
+                router_ip: Ipv4Addr::from(net + 1),
+                router_mac: mac_of(&s.router_mac, &at("router_mac")).map_err(bad)?,
+                bouncers,
+                first,
+                last,
+            });
+        }
+        let leases_dir = state_dir.join("leases");
+        let store = |source| AllocError::Store {
+            path: leases_dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&leases_dir).map_err(store)?;
+        let mut leases = Leases {
+            cursor: subnets.iter().map(|s| s.first).collect(),
+            ..Leases::default()
+        };
+        for entry in std::fs::read_dir(&leases_dir).map_err(store)? {
+            let entry = entry.map_err(store)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((vni, ip)) = parse_lease_name(&name) else {
+                continue;
+            };
+            let owner = std::fs::read_to_string(entry.path()).map_err(store)?;
+            let Some((cid, ifname)) = owner.trim().split_once('/') else {
+                continue;
+            };
+            let Some(idx) = subnets
+                .iter()
+                .position(|s| s.vni == vni && s.cidr.contains(ip))
+            else {
+                continue;
+            };
+            leases.used.insert((vni, ip));
+            leases
+                .by_owner
+                .insert((cid.to_owned(), ifname.to_owned()), (idx, ip));
+        }
+        Ok(StaticAllocator {
+            subnets,
+            neighbors,
+            leases_dir,
+            state: Mutex::new(leases),
+        })
+    }
+
+    fn lease_path(&self, vni: u32, ip: Ipv4Addr) -> PathBuf {
+        self.leases_dir.join(format!("{vni}-{ip}"))
+    }
+
+    fn allocation(&self, idx: usize, ip: Ipv4Addr) -> Allocation {
+        let s = &self.subnets[idx];
+        let o = ip.octets();
+        Allocation {
+            vni: s.vni,
+            ip,
+            prefix_len: s.cidr.prefix_len(),
+            // Derived from the address, so gateways know it without asking the node.
+            mac: [0x0a, 0x58, o[0], o[1], o[2], o[3]],
+            router_ip: s.router_ip,
+            router_mac: s.router_mac,
+            bouncers: s.bouncers.clone(),
+            mtu: None,
+            vpc: s.vpc.clone(),
+            subnet: s.name.clone(),
+        }
+    }
+
+    fn subnet_for(&self, network: &str) -> Result<usize, AllocError> {
+        if network.is_empty() {
+            return Ok(0);
+        }
+        self.subnets
+            .iter()
+            .position(|s| format!("{}/{}", s.vpc, s.name) == network)
+            .ok_or_else(|| AllocError::UnknownNetwork(network.to_owned()))
+    }
+
+    fn attach_sync(&self, req: &AttachRequest) -> Result<Allocation, AllocError> {
+        let idx = self.subnet_for(&req.network)?;
+        let mut st = self.state.lock().expect("lease lock");
+        let owner = (req.container_id.clone(), req.ifname.clone());
+        if let Some((held_idx, ip)) = st.by_owner.get(&owner) {
+            return Ok(self.allocation(*held_idx, *ip));
+        }
+        let s = &self.subnets[idx];
+        let span = s.last - s.first + 1;
+        let start = st.cursor[idx];
+        for step in 0..span {
+            let candidate = s.first + (start - s.first + step) % span;
+            let ip = Ipv4Addr::from(candidate);
+            if st.used.contains(&(s.vni, ip)) {
+                continue;
+            }
+            let path = self.lease_path(s.vni, ip);
+            // create_new: a lease file left by anyone else is never overwritten.
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    let store = |source| AllocError::Store {
+                        path: path.clone(),
+                        source,
+                    };
+                    f.write_all(format!("{}/{}\n", owner.0, owner.1).as_bytes())
+                        .and_then(|()| f.sync_all())
+                        .map_err(store)?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(source) => return Err(AllocError::Store { path, source }),
+            }
+            st.used.insert((s.vni, ip));
+            st.by_owner.insert(owner, (idx, ip));
+            st.cursor[idx] = if candidate == s.last {
+                s.first
+            } else {
+                candidate + 1
+            };
+            return Ok(self.allocation(idx, ip));
+        }
+        Err(AllocError::Exhausted(format!("{}/{}", s.vpc, s.name)))
+    }
+
+    fn detach_sync(&self, container_id: &str, ifname: &str) -> Result<bool, AllocError> {
+        let mut st = self.state.lock().expect("lease lock");
+        let owner = (container_id.to_owned(), ifname.to_owned());
+        let Some((idx, ip)) = st.by_owner.get(&owner).copied() else {
+            return Ok(false);
+        };
+        let vni = self.subnets[idx].vni;
+        let path = self.lease_path(vni, ip);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(AllocError::Store { path, source }),
+        }
+        st.by_owner.remove(&owner);
+        st.used.remove(&(vni, ip));
+        Ok(true)
+    }
+
+    /// Leases held (for leak checks).
+    pub fn lease_count(&self) -> usize {
+        self.state.lock().expect("lease lock").by_owner.len()
+    }
+}
+
+fn parse_lease_name(name: &str) -> Option<(u32, Ipv4Addr)> {
+    let (vni, ip) = name.split_once('-')?;
+    Some((vni.parse().ok()?, ip.parse().ok()?))
+}
+
+impl Allocator for StaticAllocator {
+    async fn register(
+        &self,
+        _node: &str,
+        _ip: Ipv4Addr,
+        _mac: [u8; 6],
+    ) -> Result<Vec<UnderlayNeighbor>, AllocError> {
+        Ok(self.neighbors.clone())
+    }
+
+    async fn attach(&self, req: &AttachRequest) -> Result<Allocation, AllocError> {
+        self.attach_sync(req)
+    }
+
+    async fn detach(
+        &self,
+        _node: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<bool, AllocError> {
+        self.detach_sync(container_id, ifname)
+    }
+
+    async fn reachable(&self) -> Result<(), AllocError> {
+        std::fs::metadata(&self.leases_dir)
+            .map(|_| ())
+            .map_err(|source| AllocError::Store {
+                path: self.leases_dir.clone(),
+                source,
+            })
+    }
+
+    fn held(&self) -> Vec<(String, String)> {
+        let st = self.state.lock().expect("lease lock");
+        st.by_owner.keys().cloned().collect()
+    }
+}
+
+/// The controller's `sluice.v1.Controller` service.
+#[derive(Debug)]
+pub struct ControllerAllocator {
+    target: Target,
+    text: String,
+}
+
+impl ControllerAllocator {
+    pub fn new(target: &str) -> Result<Self, AllocError> {
+        let parsed = target.parse().map_err(|e| AllocError::Unreachable {
+            target: target.to_owned(),
+            message: format!("{e}"),
+        })?;
+        Ok(ControllerAllocator {
+            target: parsed,
+            text: target.to_owned(),
+        })
+    }
+
+    async fn client(&self) -> Result<ControllerClient<tonic::transport::Channel>, AllocError> {
+        // TLS material for https:// controllers is not configurable yet: a Unix socket
+        // (or a local proxy) is the supported way to reach the controller.
+        let channel = connect(&self.target, None)
+            .await
+            .map_err(|e| AllocError::Unreachable {
+                target: self.text.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(ControllerClient::new(channel))
+    }
+}
+
+fn host_of(h: &UnderlayHost) -> Result<UnderlayNeighbor, AllocError> {
+    let ip =
+        h.ip.parse()
+            .map_err(|_| AllocError::BadReply(format!("underlay ip {:?}", h.ip)))?;
+    let mac = mac_of(&h.mac, "underlay mac").map_err(AllocError::BadReply)?;
+    Ok((ip, mac))
+}
+
+fn refused(status: tonic::Status) -> AllocError {
+    match status.code() {
+        tonic::Code::NotFound => AllocError::UnknownNetwork(status.message().to_owned()),
+        tonic::Code::ResourceExhausted => AllocError::Exhausted(status.message().to_owned()),
+        _ => AllocError::Refused(format!("{}: {}", status.code(), status.message())),
+    }
+}
+
+impl Allocator for ControllerAllocator {
+    async fn register(
+        &self,
+        node: &str,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<Vec<UnderlayNeighbor>, AllocError> {
+        let reply = self
+            .client()
+            .await?
+            .register_node(RegisterNodeRequest {
+                node: node.to_owned(),
+                underlay: Some(UnderlayHost {
+                    ip: ip.to_string(),
+                    mac: MacAddr(mac).to_string(),
+                }),
+            })
+            .await
+            .map_err(refused)?
+            .into_inner();
+        reply.gateways.iter().map(host_of).collect()
+    }
+
+    async fn attach(&self, req: &AttachRequest) -> Result<Allocation, AllocError> {
+        let r = self
+            .client()
+            .await?
+            .attach_endpoint(AttachEndpointRequest {
+                node: req.node.clone(),
+                container_id: req.container_id.clone(),
+                interface: req.ifname.clone(),
+                pod_namespace: req.pod_namespace.clone(),
+                pod_name: req.pod_name.clone(),
+                network: req.network.clone(),
+            })
+            .await
+            .map_err(refused)?
+            .into_inner();
+        let addr = |field: &str, v: &str| {
+            v.parse::<Ipv4Addr>()
+                .map_err(|_| AllocError::BadReply(format!("{field} {v:?}")))
+        };
+        Ok(Allocation {
+            vni: r.vni,
+            ip: addr("ip", &r.ip)?,
+            prefix_len: u8::try_from(r.prefix_len)
+                .ok()
+                .filter(|p| *p <= 32)
+                .ok_or_else(|| AllocError::BadReply(format!("prefix_len {}", r.prefix_len)))?,
+            mac: mac_of(&r.mac, "mac").map_err(AllocError::BadReply)?,
+            router_ip: addr("router_ip", &r.router_ip)?,
+            router_mac: mac_of(&r.router_mac, "router_mac").map_err(AllocError::BadReply)?,
+            bouncers: r.bouncers.iter().map(host_of).collect::<Result<_, _>>()?,
+            mtu: (r.mtu != 0).then_some(r.mtu),
+            vpc: r.vpc,
+            subnet: r.subnet,
+        })
+    }
+
+    async fn detach(
+        &self,
+        node: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<bool, AllocError> {
+        Ok(self
+            .client()
+            .await?
+            .detach_endpoint(DetachEndpointRequest {
+                node: node.to_owned(),
+                container_id: container_id.to_owned(),
+                interface: ifname.to_owned(),
+            })
+            .await
+            .map_err(refused)?
+            .into_inner()
+            .released)
+    }
+
+    async fn reachable(&self) -> Result<(), AllocError> {
+        self.client().await.map(|_| ())
+    }
+}
+
+/// The agent's allocator, one of the two (a trait object would need boxed futures).
+#[derive(Debug)]
+pub enum AnyAllocator {
+    Static(StaticAllocator),
+    Controller(ControllerAllocator),
+}
+
+impl Allocator for AnyAllocator {
+    async fn register(
+        &self,
+        node: &str,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<Vec<UnderlayNeighbor>, AllocError> {
+        match self {
+            Self::Static(a) => a.register(node, ip, mac).await,
+            Self::Controller(a) => a.register(node, ip, mac).await,
+        }
+    }
+    async fn attach(&self, req: &AttachRequest) -> Result<Allocation, AllocError> {
+        match self {
+            Self::Static(a) => a.attach(req).await,
+            Self::Controller(a) => a.attach(req).await,
+        }
+    }
+    async fn detach(&self, node: &str, cid: &str, ifname: &str) -> Result<bool, AllocError> {
+        match self {
+            Self::Static(a) => a.detach(node, cid, ifname).await,
+            Self::Controller(a) => a.detach(node, cid, ifname).await,
+        }
+    }
+    async fn reachable(&self) -> Result<(), AllocError> {
+        match self {
+            Self::Static(a) => a.reachable().await,
+            Self::Controller(a) => a.reachable().await,
+        }
+    }
+    fn held(&self) -> Vec<(String, String)> {
+        match self {
+            Self::Static(a) => a.held(),
+            Self::Controller(a) => a.held(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+[[gateways]]
+ip = "198.18.0.1"
+mac = "02:00:00:00:00:01"
+
+[[subnets]]
+vpc = "a"
+name = "web"
+vni = 100
+cidr = "10.1.0.0/29"
+router_mac = "02:00:5e:00:01:01"
+bouncers = ["198.18.0.1"]
+"#;
+
+    fn req(cid: &str) -> AttachRequest {
+        AttachRequest {
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            ..AttachRequest::default()
+        }
+    }
+
+    #[test]
+    fn leases_are_idempotent_exhaustible_and_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("alloc.toml");
+        std::fs::write(&file, FILE).expect("write");
+        let a = StaticAllocator::load(&file, dir.path()).expect("valid");
+        let first = a.attach_sync(&req("c1")).expect("allocates");
+        assert_eq!(first.ip, Ipv4Addr::new(10, 1, 0, 2));
+        assert_eq!(first.router_ip, Ipv4Addr::new(10, 1, 0, 1));
+        assert_eq!(first.mac, [0x0a, 0x58, 10, 1, 0, 2]);
+        assert_eq!(a.attach_sync(&req("c1")).expect("again"), first);
+        // /29: .2 to .6 are pods.
+        for i in 2..=5 {
+            a.attach_sync(&req(&format!("c{i}"))).expect("room");
+        }
+        assert!(matches!(
+            a.attach_sync(&req("c6")),
+            Err(AllocError::Exhausted(_))
+        ));
+        drop(a);
+        let b = StaticAllocator::load(&file, dir.path()).expect("reload");
+        assert_eq!(b.lease_count(), 5);
+        assert_eq!(b.attach_sync(&req("c1")).expect("kept").ip, first.ip);
+        assert!(b.detach_sync("c1", "eth0").expect("released"));
+        assert!(!b.detach_sync("c1", "eth0").expect("idempotent"));
+        assert_eq!(
+            b.attach_sync(&req("c7")).expect("reused").ip,
+            Ipv4Addr::new(10, 1, 0, 2)
+        );
+    }
+
+    #[test]
+    fn bad_files_name_the_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("alloc.toml");
+        std::fs::write(&file, FILE.replace("[\"198.18.0.1\"]", "[\"198.18.0.9\"]")).unwrap();
+        let e = StaticAllocator::load(&file, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a/web: bouncers: 198.18.0.9"), "{e}");
+        std::fs::write(&file, FILE.replace("10.1.0.0/29", "10.1.0.0/33")).unwrap();
+        let e = StaticAllocator::load(&file, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cidr"), "{e}");
+    }
+}

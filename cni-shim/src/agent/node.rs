@@ -1,0 +1,754 @@
+//! The node agent's kernel work: one dedicated thread owns the XDP stubs, the netlink
+//! socket of the agent's namespace and the attachment records, and carries out one CNI
+//! command at a time (the gRPC service sends them here as [`Job`]s). Pod namespaces are
+//! entered from this thread only for the calls that must run there.
+//!
+//! Every ADD step that creates something pushes its undo; a failure runs the undos in
+//! reverse, so a failed ADD leaves no veth, map entry, lease or record behind. DEL is
+//! idempotent. On start the agent re-adopts its pinned maps and recorded pods (they keep
+//! forwarding while it is down) and removes what a crash may have left half made.
+
+use std::collections::HashSet;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use sluice_api::proto::v1::{AddReply, CniInterface, CniIp, CniRoute, StatusReply};
+use sluice_api::MacAddr;
+use sluice_dataplane::stubs::{NodeIdentity, NodeStubs, PodEntry, StubError};
+use tokio::sync::{mpsc, oneshot};
+
+use super::allocator::{AllocError, Allocation, Allocator, AttachRequest};
+use super::config::NodeConfig;
+use super::link::{LinkError, Netlink};
+use super::netns::{Netns, NetnsError};
+use super::records::{Record, RecordError, Records};
+use crate::cni::code;
+
+/// Environment variable naming a step after which ADD fails on purpose (tests prove
+/// that a failed ADD leaves nothing behind): `after_veth`, `after_pod_setup` or
+/// `after_maps`.
+pub const FAULT_ENV: &str = "SLUICE_NODE_FAULT";
+
+/// Prefix of host-side veth names: `sl` and 11 hex digits of a hash of the attachment.
+pub const HOST_IF_PREFIX: &str = "sl";
+
+/// What can go wrong on the agent's side, each with its CNI error code.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("CNI_NETNS: {0}")]
+    Netns(#[from] NetnsError),
+    #[error("address allocation: {0}")]
+    Alloc(#[from] AllocError),
+    #[error("{0}")]
+    Link(#[from] LinkError),
+    #[error("XDP stubs: {0}")]
+    Stubs(#[from] StubError),
+    #[error("{0}")]
+    Record(#[from] RecordError),
+    #[error("{0}")]
+    UnknownContainer(String),
+    #[error("{0}")]
+    Mismatch(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("failure injected after step {0} ({FAULT_ENV})")]
+    Injected(String),
+    #[error("netlink socket: {0}")]
+    Socket(std::io::Error),
+    #[error("the node agent's worker thread stopped")]
+    Stopped,
+}
+
+impl AgentError {
+    pub fn cni_code(&self) -> u32 {
+        match self {
+            Self::Netns(_) => code::INVALID_ENVIRONMENT,
+            Self::Alloc(AllocError::Unreachable { .. }) => code::TRY_AGAIN_LATER,
+            Self::Alloc(_) => code::ALLOCATION_FAILED,
+            Self::Link(_) | Self::Stubs(_) | Self::Injected(_) | Self::Socket(_) => {
+                code::KERNEL_SETUP_FAILED
+            }
+            Self::Record(_) => code::IO_FAILURE,
+            Self::UnknownContainer(_) => code::UNKNOWN_CONTAINER,
+            Self::Mismatch(_) => code::CHECK_MISMATCH,
+            Self::Invalid(_) => code::INVALID_NETWORK_CONFIG,
+            Self::Stopped => code::AGENT_FAILED,
+        }
+    }
+
+    pub fn grpc_code(&self) -> tonic::Code {
+        match self {
+            Self::Netns(_) | Self::Invalid(_) => tonic::Code::InvalidArgument,
+            Self::Alloc(AllocError::Unreachable { .. }) => tonic::Code::Unavailable,
+            Self::Alloc(AllocError::Exhausted(_)) => tonic::Code::ResourceExhausted,
+            Self::Alloc(AllocError::UnknownNetwork(_)) => tonic::Code::NotFound,
+            Self::UnknownContainer(_) => tonic::Code::NotFound,
+            Self::Mismatch(_) => tonic::Code::FailedPrecondition,
+            _ => tonic::Code::Internal,
+        }
+    }
+}
+
+/// The attachment as the agent gets it from the shim.
+pub type AttachmentMsg = sluice_api::proto::v1::Attachment;
+
+/// One command for the node thread, with where to send its outcome.
+#[derive(Debug)]
+pub enum Job {
+    Add(AttachmentMsg, oneshot::Sender<Result<AddReply, AgentError>>),
+    Del(AttachmentMsg, oneshot::Sender<Result<bool, AgentError>>),
+    Check {
+        attachment: AttachmentMsg,
+        prev_addresses: Vec<String>,
+        prev_interfaces: Vec<String>,
+        reply: oneshot::Sender<Result<(), AgentError>>,
+    },
+    Status(oneshot::Sender<StatusReply>),
+    Gc(
+        Vec<(String, String)>,
+        oneshot::Sender<Result<Vec<String>, AgentError>>,
+    ),
+}
+
+/// The host-side interface name of an attachment: `sl` + 11 hex digits of FNV-1a over
+/// "container_id/ifname". Deterministic, so DEL finds it without a record.
+pub fn host_ifname(container_id: &str, ifname: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([b'/']).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{HOST_IF_PREFIX}{:011x}", h >> 20)
+}
+
+/// The peer's name while it is still in the agent's namespace.
+fn temp_peer_name(host: &str) -> String {
+    format!("sp{}", &host[HOST_IF_PREFIX.len()..])
+}
+
+fn is_host_ifname(name: &str) -> bool {
+    name.len() == 13
+        && name.starts_with(HOST_IF_PREFIX)
+        && name[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Mounts bpffs where the pin directory needs it, unless already there.
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), String> {
+    let mount_point = if pin_dir.starts_with("/sys/fs/bpf") {
+        Path::new("/sys/fs/bpf")
+    } else {
+        pin_dir
+    };
+    std::fs::create_dir_all(mount_point)
+        .map_err(|e| format!("creating {}: {e}", mount_point.display()))?;
+    let is_bpffs = |p: &Path| {
+        nix::sys::statfs::statfs(p)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+    };
+    if is_bpffs(mount_point) {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        mount_point,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| format!("mounting bpffs on {}: {e}", mount_point.display()))?;
+    tracing::info!(at = %mount_point.display(), "mounted bpffs");
+    Ok(())
+}
+
+/// A handle on the node thread.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl NodeHandle {
+    pub async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Job,
+    ) -> Result<T, AgentError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs.send(make(tx)).map_err(|_| AgentError::Stopped)?;
+        rx.await.map_err(|_| AgentError::Stopped)
+    }
+}
+
+/// Starts the node thread: mounts bpffs, loads the stubs, attaches transit, registers
+/// with the allocator and re-adopts recorded pods. Returns once it is serving, or the
+/// reason it could not start.
+pub fn start<A: Allocator>(config: NodeConfig, allocator: Arc<A>) -> Result<NodeHandle, String> {
+    let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("sluice-node".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("starting the node thread: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let mut node = match Node::start(config, allocator).await {
+                    Ok(node) => {
+                        let _ = ready_tx.send(Ok(()));
+                        node
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                while let Some(job) = jobs_rx.recv().await {
+                    node.run(job).await;
+                }
+            });
+        })
+        .map_err(|e| format!("spawning the node thread: {e}"))?;
+    ready_rx
+        .recv()
+        .map_err(|_| "the node thread stopped while starting".to_string())??;
+    Ok(NodeHandle { jobs: jobs_tx })
+}
+
+struct Node<A> {
+    config: NodeConfig,
+    allocator: Arc<A>,
+    stubs: NodeStubs,
+    host: Netlink,
+    home: Netns,
+    records: Records,
+    identity: NodeIdentity,
+    pod_mtu: u32,
+    fault: Option<String>,
+}
+
+/// A step of ADD to take back.
+enum Undo {
+    Release,
+    DeleteVeth(String),
+    RemovePod(u32),
+}
+
+impl<A: Allocator> Node<A> {
+    async fn start(config: NodeConfig, allocator: Arc<A>) -> Result<Self, String> {
+        ensure_bpffs(&config.pin_dir)?;
+        let stubs = NodeStubs::load(&config.pin_dir).map_err(|e| e.to_string())?;
+        let home = Netns::current().map_err(|e| e.to_string())?;
+        let host = Netlink::open().map_err(|e| format!("opening a netlink socket: {e}"))?;
+        let underlay = host
+            .link_by_name(&config.underlay_interface)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "underlay_interface {:?}: no such interface",
+                    config.underlay_interface
+                )
+            })?;
+        let (ip, _) = host
+            .first_ipv4(underlay.index)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "underlay_interface {:?} has no IPv4 address",
+                    config.underlay_interface
+                )
+            })?;
+        let identity = NodeIdentity {
+            ip,
+            mac: underlay.mac,
+            ifindex: underlay.index,
+        };
+        stubs.set_node(&identity).map_err(|e| e.to_string())?;
+        stubs
+            .attach_transit(underlay.index)
+            .map_err(|e| e.to_string())?;
+        match allocator.register(&config.node, ip, underlay.mac).await {
+            Ok(neighbors) => {
+                for (nip, mac) in neighbors {
+                    stubs
+                        .set_underlay_neighbor(nip, mac)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            // The controller may come later; STATUS says not ready meanwhile.
+            Err(e) => tracing::warn!("registering the node: {e}"),
+        }
+        let records = Records::open(&config.state_dir).map_err(|e| e.to_string())?;
+        let fault = std::env::var(FAULT_ENV).ok().filter(|f| !f.is_empty());
+        if let Some(f) = &fault {
+            tracing::warn!("{FAULT_ENV}={f}: every ADD will fail after that step (tests only)");
+        }
+        let pod_mtu = config.pod_mtu(underlay.mtu);
+        tracing::info!(
+            node = %config.node, underlay = %config.underlay_interface, %ip,
+            ifindex = underlay.index, pod_mtu, "stubs loaded, transit attached"
+        );
+        let mut node = Node {
+            config,
+            allocator,
+            stubs,
+            host,
+            home,
+            records,
+            identity,
+            pod_mtu,
+            fault,
+        };
+        node.adopt()
+            .await
+            .map_err(|e| format!("re-adopting pods: {e}"))?;
+        Ok(node)
+    }
+
+    async fn run(&mut self, job: Job) {
+        match job {
+            Job::Add(att, reply) => {
+                let span =
+                    tracing::info_span!("add", container = %att.container_id, ifname = %att.ifname);
+                let _g = span.enter();
+                let r = self.add(&att).await;
+                if let Err(e) = &r {
+                    tracing::warn!("ADD failed: {e}");
+                }
+                let _ = reply.send(r);
+            }
+            Job::Del(att, reply) => {
+                let _ = reply.send(self.del(&att.container_id, &att.ifname).await);
+            }
+            Job::Check {
+                attachment,
+                prev_addresses,
+                prev_interfaces,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.check(&attachment, &prev_addresses, &prev_interfaces)
+                        .await,
+                );
+            }
+            Job::Status(reply) => {
+                let _ = reply.send(self.status().await);
+            }
+            Job::Gc(valid, reply) => {
+                let _ = reply.send(self.gc(valid).await);
+            }
+        }
+    }
+
+    fn injected(&self, step: &str) -> Result<(), AgentError> {
+        match &self.fault {
+            Some(f) if f == step => Err(AgentError::Injected(step.to_owned())),
+            _ => Ok(()),
+        }
+    }
+
+    fn reply_of(&self, r: &Record) -> AddReply {
+        let a = &r.allocation;
+        AddReply {
+            interfaces: vec![
+                CniInterface {
+                    name: r.host_ifname.clone(),
+                    mac: MacAddr(r.host_mac).to_string(),
+                    sandbox: String::new(),
+                    mtu: r.mtu,
+                },
+                CniInterface {
+                    name: r.ifname.clone(),
+                    mac: MacAddr(a.mac).to_string(),
+                    sandbox: r.netns.clone(),
+                    mtu: r.mtu,
+                },
+            ],
+            ips: vec![CniIp {
+                address: format!("{}/{}", a.ip, a.prefix_len),
+                gateway: a.router_ip.to_string(),
+                interface: 1,
+            }],
+            routes: vec![CniRoute {
+                dst: "0.0.0.0/0".into(),
+                gw: a.router_ip.to_string(),
+            }],
+            vni: a.vni,
+            vpc: a.vpc.clone(),
+            subnet: a.subnet.clone(),
+        }
+    }
+
+    fn pod_entry(a: &Allocation) -> PodEntry {
+        PodEntry {
+            vni: a.vni,
+            ip: a.ip,
+            mac: a.mac,
+            router_mac: a.router_mac,
+            bouncers: a.bouncers.iter().map(|(ip, _)| *ip).collect(),
+        }
+    }
+
+    async fn add(&mut self, att: &AttachmentMsg) -> Result<AddReply, AgentError> {
+        if let Some(existing) = self.records.read(&att.container_id, &att.ifname)? {
+            if existing.netns == att.netns {
+                return Ok(self.reply_of(&existing));
+            }
+            return Err(AgentError::Invalid(format!(
+                "{}/{} is already attached in {}",
+                att.container_id, att.ifname, existing.netns
+            )));
+        }
+        let netns = Netns::open(Path::new(&att.netns))?;
+        let mut undo = Vec::new();
+        let result = self.add_steps(att, &netns, &mut undo).await;
+        if result.is_err() {
+            for step in undo.into_iter().rev() {
+                self.undo(step, att).await;
+            }
+        }
+        result
+    }
+
+    async fn add_steps(
+        &mut self,
+        att: &AttachmentMsg,
+        netns: &Netns,
+        undo: &mut Vec<Undo>,
+    ) -> Result<AddReply, AgentError> {
+        let alloc = self
+            .allocator
+            .attach(&AttachRequest {
+                node: self.config.node.clone(),
+                container_id: att.container_id.clone(),
+                ifname: att.ifname.clone(),
+                pod_namespace: att.k8s_pod_namespace.clone(),
+                pod_name: att.k8s_pod_name.clone(),
+                network: att.network.clone(),
+            })
+            .await?;
+        undo.push(Undo::Release);
+        for (ip, mac) in &alloc.bouncers {
+            self.stubs.set_underlay_neighbor(*ip, *mac)?;
+        }
+        let mtu = alloc.mtu.unwrap_or(self.pod_mtu);
+        let host_name = host_ifname(&att.container_id, &att.ifname);
+        let peer_name = temp_peer_name(&host_name);
+        // No record but a veth of that name: a crashed ADD's leftover; replace it.
+        for stale in [&host_name, &peer_name] {
+            if let Some(old) = self.host.link_by_name(stale).await? {
+                self.host.delete(old.index).await?;
+            }
+        }
+        self.host.add_veth(&host_name, &peer_name).await?;
+        undo.push(Undo::DeleteVeth(host_name.clone()));
+        self.injected("after_veth")?;
+        let missing = |n: &str| AgentError::Mismatch(format!("{n} vanished while being set up"));
+        let peer = self
+            .host
+            .link_by_name(&peer_name)
+            .await?
+            .ok_or_else(|| missing(&peer_name))?;
+        self.host
+            .move_to_netns(peer.index, netns.file().as_fd())
+            .await?;
+        let host_link = self
+            .host
+            .link_by_name(&host_name)
+            .await?
+            .ok_or_else(|| missing(&host_name))?;
+        self.host
+            .configure(host_link.index, None, None, mtu)
+            .await?;
+
+        // The pod's side: a netlink socket opened inside its namespace keeps talking to
+        // that namespace after the thread steps back out.
+        let pod = {
+            let _inside = netns.enter(&self.home)?;
+            Netlink::open().map_err(AgentError::Socket)?
+        };
+        let pod_link = pod
+            .link_by_name(&peer_name)
+            .await?
+            .ok_or_else(|| missing(&peer_name))?;
+        pod.configure(pod_link.index, Some(&att.ifname), Some(alloc.mac), mtu)
+            .await?;
+        if let Some(lo) = pod.link_by_name("lo").await? {
+            pod.up(lo.index).await?;
+        }
+        pod.add_address(pod_link.index, alloc.ip, alloc.prefix_len)
+            .await?;
+        pod.add_permanent_neighbour(pod_link.index, alloc.router_ip, alloc.router_mac)
+            .await?;
+        pod.add_default_route(pod_link.index, alloc.router_ip)
+            .await?;
+        {
+            let _inside = netns.enter(&self.home)?;
+            self.stubs.attach_pod_side(pod_link.index)?;
+        }
+        drop(pod);
+        self.injected("after_pod_setup")?;
+
+        self.stubs.attach_agent(host_link.index)?;
+        self.stubs
+            .add_pod(host_link.index, &Self::pod_entry(&alloc))?;
+        undo.push(Undo::RemovePod(host_link.index));
+        self.injected("after_maps")?;
+
+        let record = Record {
+            container_id: att.container_id.clone(),
+            ifname: att.ifname.clone(),
+            netns: att.netns.clone(),
+            host_ifname: host_name,
+            host_ifindex: host_link.index,
+            host_mac: host_link.mac,
+            mtu,
+            allocation: alloc,
+        };
+        self.records.write(&record)?;
+        tracing::info!(ip = %record.pod_ip(), host_if = %record.host_ifname, "attached");
+        Ok(self.reply_of(&record))
+    }
+
+    async fn undo(&mut self, step: Undo, att: &AttachmentMsg) {
+        let outcome: Result<(), AgentError> = match step {
+            Undo::Release => self
+                .allocator
+                .detach(&self.config.node, &att.container_id, &att.ifname)
+                .await
+                .map(|_| ())
+                .map_err(Into::into),
+            Undo::DeleteVeth(name) => match self.host.link_by_name(&name).await {
+                Ok(Some(l)) => self
+                    .host
+                    .delete(l.index)
+                    .await
+                    .map(|_| ())
+                    .map_err(Into::into),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e.into()),
+            },
+            Undo::RemovePod(index) => self.stubs.remove_pod(index).map(|_| ()).map_err(Into::into),
+        };
+        if let Err(e) = outcome {
+            tracing::error!("undoing a failed ADD: {e}");
+        }
+    }
+
+    async fn del(&mut self, container_id: &str, ifname: &str) -> Result<bool, AgentError> {
+        let record = self.records.read(container_id, ifname)?;
+        let host_name = host_ifname(container_id, ifname);
+        let link = self.host.link_by_name(&host_name).await?;
+        if let Some(r) = &record {
+            self.forget_pod(r, link.as_ref().map(|l| l.index))?;
+        }
+        if let Some(l) = &link {
+            self.host.delete(l.index).await?;
+        }
+        let released = self
+            .allocator
+            .detach(&self.config.node, container_id, ifname)
+            .await?;
+        let removed = self.records.remove(container_id, ifname)?;
+        Ok(removed || released || link.is_some())
+    }
+
+    /// Removes the pod's map entries, making sure they are its own: if its veth is gone
+    /// the recorded index may have been reused.
+    fn forget_pod(&self, r: &Record, live_index: Option<u32>) -> Result<(), AgentError> {
+        if live_index == Some(r.host_ifindex) {
+            self.stubs.remove_pod(r.host_ifindex)?;
+            return Ok(());
+        }
+        let owned =
+            self.stubs.pods()?.into_iter().any(|(i, p)| {
+                i == r.host_ifindex && p.ip == r.pod_ip() && p.vni == r.allocation.vni
+            });
+        if owned {
+            self.stubs.remove_pod(r.host_ifindex)?;
+        }
+        Ok(())
+    }
+
+    async fn check(
+        &mut self,
+        att: &AttachmentMsg,
+        prev_addresses: &[String],
+        prev_interfaces: &[String],
+    ) -> Result<(), AgentError> {
+        let r = self
+            .records
+            .read(&att.container_id, &att.ifname)?
+            .ok_or_else(|| {
+                AgentError::UnknownContainer(format!(
+                    "{}/{} is not attached on this node",
+                    att.container_id, att.ifname
+                ))
+            })?;
+        let mismatch = |m: String| Err(AgentError::Mismatch(m));
+        let address = format!("{}/{}", r.allocation.ip, r.allocation.prefix_len);
+        if !prev_addresses.contains(&address) {
+            return mismatch(format!(
+                "prevResult addresses {prev_addresses:?} do not include {address}"
+            ));
+        }
+        if !prev_interfaces.contains(&r.ifname) {
+            return mismatch(format!(
+                "prevResult interfaces {prev_interfaces:?} do not include {}",
+                r.ifname
+            ));
+        }
+        match self.host.link_by_name(&r.host_ifname).await? {
+            Some(l) if l.index == r.host_ifindex => {}
+            _ => return mismatch(format!("host interface {} is gone", r.host_ifname)),
+        }
+        let entry = self
+            .stubs
+            .pods()?
+            .into_iter()
+            .find(|(i, _)| *i == r.host_ifindex);
+        if entry.map(|(_, p)| p) != Some(Self::pod_entry(&r.allocation)) {
+            return mismatch(format!(
+                "the stubs' pod entry of {} is missing or differs",
+                r.host_ifname
+            ));
+        }
+        let netns = Netns::open(Path::new(&att.netns))?;
+        let pod = {
+            let _inside = netns.enter(&self.home)?;
+            Netlink::open().map_err(AgentError::Socket)?
+        };
+        let Some(link) = pod.link_by_name(&r.ifname).await? else {
+            return mismatch(format!("{} is gone from {}", r.ifname, att.netns));
+        };
+        if link.mac != r.allocation.mac {
+            return mismatch(format!("{} has another MAC", r.ifname));
+        }
+        if !pod
+            .has_address(link.index, r.allocation.ip, r.allocation.prefix_len)
+            .await?
+        {
+            return mismatch(format!("{} lost its address {address}", r.ifname));
+        }
+        Ok(())
+    }
+
+    async fn status(&mut self) -> StatusReply {
+        let attachments = self.records.all().map(|r| r.len() as u32).unwrap_or(0);
+        let reason = match self.allocator.reachable().await {
+            Err(e) => format!("the allocator is not reachable: {e}"),
+            Ok(()) => self.transit_problem().await.unwrap_or_default(),
+        };
+        StatusReply {
+            ready: reason.is_empty(),
+            reason,
+            attachments,
+        }
+    }
+
+    /// Why the transit program is not in place on the underlay interface, if it is not:
+    /// the interface must be the one the agent started with and carry an XDP program.
+    async fn transit_problem(&self) -> Option<String> {
+        let name = &self.config.underlay_interface;
+        match self.host.link_by_name(name).await {
+            Err(e) => Some(e.to_string()),
+            Ok(None) => Some(format!("the underlay interface {name} is gone")),
+            Ok(Some(l)) if l.index != self.identity.ifindex => {
+                Some(format!("the underlay interface {name} was replaced"))
+            }
+            Ok(Some(l)) if l.xdp_prog.is_none() => {
+                Some(format!("the transit program is not attached to {name}"))
+            }
+            Ok(Some(_)) => None,
+        }
+    }
+
+    async fn gc(&mut self, valid: Vec<(String, String)>) -> Result<Vec<String>, AgentError> {
+        let valid: HashSet<(String, String)> = valid.into_iter().collect();
+        let mut removed = Vec::new();
+        for r in self.records.all()? {
+            let key = (r.container_id.clone(), r.ifname.clone());
+            if !valid.contains(&key) {
+                self.del(&r.container_id, &r.ifname).await?;
+                removed.push(format!("{}/{}", r.container_id, r.ifname));
+            }
+        }
+        Ok(removed)
+    }
+
+    /// After a restart: keep recorded pods whose veth still exists (re-attaching the
+    /// freshly loaded agent program and rewriting their entries), clean up the ones that
+    /// vanished meanwhile, and remove what a crash mid-ADD may have left.
+    async fn adopt(&mut self) -> Result<(), AgentError> {
+        let mut kept_indexes = HashSet::new();
+        let mut kept_owners = HashSet::new();
+        for r in self.records.all()? {
+            match self.host.link_by_name(&r.host_ifname).await? {
+                Some(l) if l.index == r.host_ifindex => {
+                    self.stubs.attach_agent(l.index)?;
+                    self.stubs
+                        .add_pod(l.index, &Self::pod_entry(&r.allocation))?;
+                    kept_indexes.insert(l.index);
+                    kept_owners.insert((r.container_id.clone(), r.ifname.clone()));
+                }
+                _ => {
+                    tracing::info!(container = %r.container_id, "pod vanished while the agent was down");
+                    self.forget_pod(&r, None)?;
+                    self.allocator
+                        .detach(&self.config.node, &r.container_id, &r.ifname)
+                        .await?;
+                    self.records.remove(&r.container_id, &r.ifname)?;
+                }
+            }
+        }
+        for (index, pod) in self.stubs.pods()? {
+            if !kept_indexes.contains(&index) {
+                tracing::info!(index, ip = %pod.ip, "removing an unrecorded pod entry");
+                self.stubs.remove_pod(index)?;
+            }
+        }
+        let recorded: HashSet<String> = self
+            .records
+            .all()?
+            .into_iter()
+            .map(|r| r.host_ifname)
+            .collect();
+        for l in self.host.links_with_prefix(HOST_IF_PREFIX).await? {
+            if is_host_ifname(&l.name) && !recorded.contains(&l.name) {
+                tracing::info!(name = %l.name, "removing an unrecorded pod veth");
+                self.host.delete(l.index).await?;
+            }
+        }
+        for (cid, ifname) in self.allocator.held() {
+            if !kept_owners.contains(&(cid.clone(), ifname.clone())) {
+                self.allocator
+                    .detach(&self.config.node, &cid, &ifname)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ifnames_are_deterministic_and_short() {
+        let a = host_ifname("abc", "eth0");
+        assert_eq!(a, host_ifname("abc", "eth0"));
+        assert_ne!(a, host_ifname("abc", "eth1"));
+        assert_eq!(a.len(), 13);
+        assert!(is_host_ifname(&a));
+        assert!(!is_host_ifname("slow0"));
+        assert_eq!(temp_peer_name(&a).len(), 13);
+    }
+}

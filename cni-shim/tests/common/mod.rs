@@ -1,0 +1,455 @@
+//! Namespace scaffolding for the node agent and shim tests (patterns copied from
+//! dataplane/tests/common, which another crate cannot import): an underlay bridge
+//! namespace, worker namespaces each running the real `sluice-node`, pod namespaces, and
+//! the real `sluice-cni` binary run as a runtime would.
+//!
+//! Everything is named `<prefix>-<pid>-<n>-*` and removed by guards even when a test
+//! fails: namespaces, the agent process (killed by its PID), its bpffs pins. Underlay
+//! addresses come from 198.18.0.0/15 only.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub const NODE_BIN: &str = env!("CARGO_BIN_EXE_sluice-node");
+pub const CNI_BIN: &str = env!("CARGO_BIN_EXE_sluice-cni");
+
+pub fn assert_root(what: &str) {
+    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc");
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .expect("Uid line");
+    assert_eq!(euid, "0", "the {what} tests need root (namespaces, XDP)");
+}
+
+pub fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// Runs a command in namespace `ns` through nsenter (keeps bpffs visible; PLATFORM.md
+/// pitfall 2).
+pub fn nsenter(ns: &str, args: &[&str]) -> Output {
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg("--")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running nsenter")
+}
+
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: String) -> Self {
+        ip(&["netns", "add", &name]);
+        let ns = Netns { name };
+        // No IPv6 chatter (router solicitations would go to the bouncers).
+        let out = nsenter(
+            &ns.name,
+            &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"],
+        );
+        assert!(out.status.success(), "sysctl: {out:?}");
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The underlay: a bridge namespace that worker and gateway namespaces plug into.
+pub struct Underlay {
+    pub bridge: Netns,
+    ports: AtomicU32,
+}
+
+impl Underlay {
+    pub fn new(base: &str) -> Self {
+        let bridge = Netns::new(format!("{base}-br"));
+        for table in ["iptables", "ip6tables", "arptables"] {
+            let _ = nsenter(
+                &bridge.name,
+                &[
+                    "sysctl",
+                    "-qw",
+                    &format!("net.bridge.bridge-nf-call-{table}=0"),
+                ],
+            );
+        }
+        ip(&[
+            "-n",
+            &bridge.name,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "nf_call_iptables",
+            "0",
+            "nf_call_arptables",
+            "0",
+        ]);
+        ip(&["-n", &bridge.name, "link", "set", "br0", "up"]);
+        Underlay {
+            bridge,
+            ports: AtomicU32::new(0),
+        }
+    }
+
+    /// Plugs namespace `ns` in with `eth0` at `addr`/24 and `mac` (one queue each).
+    /// The bridge-side port gets GRO so that frames XDP-redirected into `eth0` arrive
+    /// (PLATFORM.md pitfall 5).
+    pub fn plug(&self, ns: &Netns, addr: &str, mac: &str) {
+        let port = format!("p{}", self.ports.fetch_add(1, Ordering::Relaxed));
+        ip(&[
+            "-n",
+            &ns.name,
+            "link",
+            "add",
+            "eth0",
+            "numtxqueues",
+            "1",
+            "numrxqueues",
+            "1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.bridge.name,
+            "numtxqueues",
+            "1",
+            "numrxqueues",
+            "1",
+        ]);
+        ip(&["-n", &ns.name, "link", "set", "eth0", "address", mac]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
+        ip(&[
+            "-n",
+            &self.bridge.name,
+            "link",
+            "set",
+            &port,
+            "master",
+            "br0",
+        ]);
+        ip(&["-n", &self.bridge.name, "link", "set", &port, "up"]);
+        let out = nsenter(&self.bridge.name, &["ethtool", "-K", &port, "gro", "on"]);
+        assert!(out.status.success(), "ethtool: {out:?}");
+    }
+}
+
+/// One worker: its namespace, a state directory, and its running `sluice-node`.
+pub struct Worker {
+    pub ns: Netns,
+    pub dir: tempfile::TempDir,
+    pub pin_dir: PathBuf,
+    pub socket: PathBuf,
+    pub conflist: PathBuf,
+    node: Option<Child>,
+    stderr: PathBuf,
+}
+
+impl Worker {
+    /// A worker namespace `<base>-<name>` plugged into `underlay` at `addr`, with a
+    /// static allocation file `allocation` (TOML). The agent is not started yet.
+    pub fn new(
+        base: &str,
+        name: &str,
+        underlay: &Underlay,
+        addr: &str,
+        mac: &str,
+        allocation: &str,
+    ) -> Self {
+        let ns = Netns::new(format!("{base}-{name}"));
+        underlay.plug(&ns, addr, mac);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", ns.name));
+        let socket = dir.path().join("node.sock");
+        std::fs::write(dir.path().join("allocation.toml"), allocation).expect("allocation");
+        std::fs::write(
+            dir.path().join("node.toml"),
+            format!(
+                "node = \"{}\"\nunderlay_interface = \"eth0\"\npin_dir = \"{}\"\n\
+                 socket = \"{}\"\nstate_dir = \"{}\"\nstatic_allocation = \"{}\"\n",
+                ns.name,
+                pin_dir.display(),
+                socket.display(),
+                dir.path().join("state").display(),
+                dir.path().join("allocation.toml").display(),
+            ),
+        )
+        .expect("node.toml");
+        let conflist = dir.path().join("net.conflist");
+        std::fs::write(
+            &conflist,
+            format!(
+                "{{\"cniVersion\":\"1.0.0\",\"name\":\"sluice\",\"plugins\":[{{\"type\":\"sluice\",\"socket\":\"{}\"}}]}}",
+                socket.display()
+            ),
+        )
+        .expect("conflist");
+        Worker {
+            ns,
+            pin_dir,
+            socket,
+            conflist,
+            stderr: dir.path().join("node.stderr"),
+            dir,
+            node: None,
+        }
+    }
+
+    /// Starts `sluice-node` in the worker namespace (with `env` added) and waits for its
+    /// socket.
+    pub fn start(&mut self, env: &[(&str, &str)]) {
+        assert!(self.node.is_none(), "already running");
+        let _ = std::fs::remove_file(&self.socket);
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.ns.name))
+            .arg("--")
+            .arg(NODE_BIN)
+            .arg("--config")
+            .arg(self.dir.path().join("node.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.stderr)
+                    .expect("stderr file"),
+            );
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.node = Some(cmd.spawn().expect("starting sluice-node"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket.exists() {
+            if let Some(status) = self.node.as_mut().unwrap().try_wait().expect("try_wait") {
+                self.node = None;
+                panic!("sluice-node exited ({status}): {}", self.stderr());
+            }
+            assert!(Instant::now() < deadline, "no socket: {}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.node.as_ref().expect("running").id()
+    }
+
+    /// Stops the agent with SIGTERM and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.node.take() {
+            kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+            let status = child.wait().expect("wait");
+            assert!(
+                status.success(),
+                "sluice-node exited {status}: {}",
+                self.stderr()
+            );
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Entries in the pinned map `name` (bpftool).
+    pub fn map_entries(&self, name: &str) -> usize {
+        let out = Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(self.pin_dir.join(name))
+            .output()
+            .expect("running bpftool");
+        assert!(out.status.success(), "bpftool: {out:?}");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+        v.as_array().expect("a list").len()
+    }
+
+    /// Host-side pod veths (`sl` + 11 hex) in the worker namespace.
+    pub fn pod_veths(&self) -> Vec<String> {
+        let out = ip(&["-n", &self.ns.name, "-o", "link", "show"]);
+        out.lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+            .filter(|n| n.len() == 13 && n.starts_with("sl"))
+            .collect()
+    }
+
+    pub fn leases(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("state/leases"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    pub fn records(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("state/attachments"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("/proc/PID/fd")
+            .count()
+    }
+
+    /// Runs the real `sluice-cni` as a runtime would.
+    pub fn cni(&self, command: &str, container: &str, netns: &str, stdin: &str) -> CniOutcome {
+        cni(command, container, netns, "eth0", stdin)
+    }
+
+    /// The network config the runtime would pass (the conflist's plugin, flattened).
+    pub fn netconf(&self, version: &str, extra: &str) -> String {
+        format!(
+            "{{\"cniVersion\":\"{version}\",\"name\":\"sluice\",\"type\":\"sluice\",\"socket\":\"{}\"{extra}}}",
+            self.socket.display()
+        )
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.node.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+        let _ = sluice_dataplane::stubs::NodeStubs::unpin_all(&self.pin_dir);
+        let _ = std::fs::remove_dir(&self.pin_dir);
+    }
+}
+
+/// What `sluice-cni` did.
+#[derive(Debug)]
+pub struct CniOutcome {
+    pub success: bool,
+    pub stdout: String,
+}
+
+impl CniOutcome {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.stdout))
+    }
+
+    /// The error code, asserting failure.
+    pub fn code(&self) -> u64 {
+        assert!(!self.success, "expected a failure, got {:?}", self.stdout);
+        self.json()["code"].as_u64().expect("code")
+    }
+
+    pub fn ok(self) -> Self {
+        assert!(self.success, "sluice-cni failed: {}", self.stdout);
+        self
+    }
+}
+
+pub fn cni(command: &str, container: &str, netns: &str, ifname: &str, stdin: &str) -> CniOutcome {
+    use std::io::Write;
+    let mut child = Command::new(CNI_BIN)
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", ifname)
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env("CNI_ARGS", "K8S_POD_NAMESPACE=default;K8S_POD_NAME=test")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running sluice-cni");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .expect("stdin");
+    let out = child.wait_with_output().expect("sluice-cni");
+    CniOutcome {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    }
+}
+
+/// A static allocation file with one gateway and one subnet (VNI 100, 10.1.0.0/24),
+/// handing out `range`.
+pub fn allocation(gateway: (&str, &str), workers: &[(&str, &str)], range: (&str, &str)) -> String {
+    let mut s = format!(
+        "[[gateways]]\nip = \"{}\"\nmac = \"{}\"\n\n",
+        gateway.0, gateway.1
+    );
+    for (ip, mac) in workers {
+        s += &format!("[[workers]]\nip = \"{ip}\"\nmac = \"{mac}\"\n\n");
+    }
+    s += &format!(
+        "[[subnets]]\nvpc = \"a\"\nname = \"web\"\nvni = 100\ncidr = \"10.1.0.0/24\"\n\
+         router_mac = \"02:00:5e:00:01:01\"\nbouncers = [\"{}\"]\n\
+         range_start = \"{}\"\nrange_end = \"{}\"\n",
+        gateway.0, range.0, range.1
+    );
+    s
+}
