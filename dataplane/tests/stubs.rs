@@ -868,11 +868,32 @@ fn pods_on_one_host_ping_through_the_agent() {
             .unwrap()
             >= 6
     );
-    // Re-attaching replaces our own program; a foreign one would be refused.
+    // Re-attaching replaces our own program; detaching twice, or from an interface that
+    // does not exist, is fine.
     let host_index = in_ns(&host, || nix::net::if_::if_nametoindex("h0").unwrap());
     in_ns(&host, || stubs.attach_agent(host_index)).expect("re-attach");
     in_ns(&host, || NodeStubs::detach(host_index)).expect("detach");
     in_ns(&host, || NodeStubs::detach(host_index)).expect("detach again");
+    in_ns(&host, || NodeStubs::detach(999_999)).expect("detach from nothing");
+    assert!(!ip(&["-n", &host, "-d", "link", "show", "dev", "h0"]).contains("prog/xdp"));
+
+    // A program Sluice's stubs did not load (here the gateway's NIC program) is refused.
+    let h1 = in_ns(&host, || nix::net::if_::if_nametoindex("h1").unwrap());
+    in_ns(&host, || NodeStubs::detach(h1)).expect("detach h1");
+    let foreign = in_ns(&host, || {
+        sluice_dataplane::nic::NicProgram::attach(
+            "h1",
+            sluice_dataplane::nic::XdpMode::Native,
+            &[NODE],
+        )
+    })
+    .expect("attaching the gateway's program");
+    let err = in_ns(&host, || stubs.attach_agent(h1)).unwrap_err();
+    assert!(
+        matches!(&err, StubError::Occupied { prog_name, .. } if prog_name == "sluice_gw_nic"),
+        "{err}"
+    );
+    drop(foreign);
 }
 
 /// Deletes the named namespaces on drop.
