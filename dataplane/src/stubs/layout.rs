@@ -71,7 +71,8 @@ pub enum Counter {
     DropNoBouncer,
     /// Agent: no MAC for the outer destination (neither in the map nor the FIB).
     DropNoNeighbor,
-    /// Agent: the kernel refused to grow the frame's headroom.
+    /// The kernel refused to move the frame's start (pushing or stripping the outer
+    /// headers).
     DropEncapFailed,
     /// Transit: Geneve version, protocol or option lengths are wrong.
     DropBadGeneve,
