@@ -167,6 +167,17 @@ fn write_config(dir: &Path, interface: &str) -> (PathBuf, PathBuf) {
 
 /// Like [`write_config`], with `extra` (whole TOML sections) appended.
 fn write_config_with(dir: &Path, interface: &str, extra: &str) -> (PathBuf, PathBuf) {
+    write_config_queues(dir, interface, "0", extra)
+}
+
+/// Like [`write_config_with`], serving `queues` (cpulist syntax) of `interface`, all by
+/// the one worker core.
+fn write_config_queues(
+    dir: &Path,
+    interface: &str,
+    queues: &str,
+    extra: &str,
+) -> (PathBuf, PathBuf) {
     let (control, worker) = cores();
     let tables = dir.join("tables.yaml");
     std::fs::write(
@@ -180,7 +191,7 @@ fn write_config_with(dir: &Path, interface: &str, extra: &str) -> (PathBuf, Path
     write!(
         file,
         "[cores]\ncontrol = \"{control}\"\nworkers = \"{worker}\"\n\n\
-         [[interfaces]]\nname = \"{interface}\"\nip = \"{GW}\"\nmac = \"{}\"\nqueues = \"0\"\n\n\
+         [[interfaces]]\nname = \"{interface}\"\nip = \"{GW}\"\nmac = \"{}\"\nqueues = \"{queues}\"\n\n\
          [umem]\nframe_size = 4096\nframe_count = 4096\n\n\
          [rings]\nrx = 1024\ntx = 1024\nfill = 2048\ncompletion = 2048\n\n\
          [control]\ngrpc = \"unix://{}\"\nmetrics = \"{METRICS}\"\n\n\
@@ -592,4 +603,330 @@ fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Every sample of `name` whose labels contain all of `labels`, summed.
+fn sum_samples(text: &str, name: &str, labels: &[&str]) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn the_binary_counts_dnat_hits_per_service_and_per_backend() {
+    let topo = Segment::new("sl-gwb");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (gateway, _socket) = start_forwarding(&topo, dir.path());
+
+    // 90 TCP flows to the VIP and 7 UDP ones; the pipeline says which backend each takes.
+    let outer = OuterSpec::from_host(H1, H1_MAC, VNI_A);
+    let mut packets = Vec::new();
+    let mut want: std::collections::BTreeMap<String, u64> = Default::default();
+    let tcp = (21_000..21_090u16).map(|port| {
+        inner_tcp(
+            POD_A1_MAC,
+            ROUTER_A1_MAC,
+            POD_A1,
+            VIP_TCP,
+            (port, VIP_TCP_PORT),
+            b"GET /",
+        )
+    });
+    let udp = (5000..5007u16).map(|port| {
+        inner_udp(
+            POD_A1_MAC,
+            ROUTER_A1_MAC,
+            POD_A1,
+            VIP_UDP,
+            (port, VIP_UDP_PORT),
+            b"q",
+        )
+    });
+    for inner in tcp.chain(udp) {
+        let packet = geneve_packet(&outer, &inner);
+        let (verdict, out) = expected_output(&packet);
+        assert_eq!(verdict, Verdict::Forward);
+        let d = decode(&out).expect("decodes");
+        let ip = std::net::Ipv4Addr::new(d.inner[30], d.inner[31], d.inner[32], d.inner[33]);
+        let port = u16::from_be_bytes([d.inner[36], d.inner[37]]);
+        *want.entry(format!("backend=\"{ip}:{port}\"")).or_default() += 1;
+        packets.push(packet);
+    }
+    assert!(want.len() >= 3, "the flows spread over backends: {want:?}");
+    topo.send_frames(&packets);
+
+    let tcp_labels = "vip=\"10.96.0.10\",port=\"80\",protocol=\"tcp\"";
+    let udp_labels = "vip=\"10.96.0.53\",port=\"53\",protocol=\"udp\"";
+    let text = metrics_when(
+        &topo.gateway,
+        |t| {
+            sum_samples(t, "sluice_service_packets_total", &[tcp_labels]) >= 90
+                && sum_samples(t, "sluice_service_packets_total", &[udp_labels]) >= 7
+        },
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        sum_samples(&text, "sluice_service_packets_total", &[tcp_labels]),
+        90,
+        "{text}"
+    );
+    assert_eq!(
+        sum_samples(&text, "sluice_service_packets_total", &[udp_labels]),
+        7,
+        "{text}"
+    );
+    assert_eq!(sum_samples(&text, "sluice_service_packets_total", &[]), 97);
+    for (backend, count) in &want {
+        assert_eq!(
+            sum_samples(&text, "sluice_backend_packets_total", &[backend]),
+            *count,
+            "{backend}: {text}"
+        );
+    }
+    assert_eq!(sum_samples(&text, "sluice_backend_packets_total", &[]), 97);
+    // Every service of the tables has its series, hit or not.
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("sluice_service_packets_total{"))
+            .count(),
+        world()
+            .upserts
+            .iter()
+            .filter(|o| matches!(o, sluice_api::Object::Service(_)))
+            .count(),
+        "{text}"
+    );
+    promtool_check(&text);
+    let stats = nsenter(&topo.gateway, &[BIN, "stats", "--metrics", METRICS]);
+    let table = String::from_utf8_lossy(&stats.stdout);
+    assert!(
+        stats.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stats.stderr)
+    );
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("vni 100 10.96.0.10:80/tcp"))
+        .unwrap_or_else(|| panic!("no service row: {table}"));
+    assert!(row.ends_with(" 90"), "{table}");
+    stop_cleanly(&topo, gateway);
+}
+
+/// Replaces the gateway's interface with one of `queues` RX and TX queues (its peer on
+/// the bridge too, so that the bridge spreads flows over them by hash).
+fn give_gateway_queues(topo: &Segment, queues: u32) {
+    let n = queues.to_string();
+    ip(&["-n", &topo.gateway, "link", "del", IF]);
+    ip(&[
+        "-n",
+        &topo.gateway,
+        "link",
+        "add",
+        IF,
+        "numtxqueues",
+        &n,
+        "numrxqueues",
+        &n,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "g",
+        "netns",
+        &topo.bridge,
+        "numtxqueues",
+        &n,
+        "numrxqueues",
+        &n,
+    ]);
+    ip(&[
+        "-n",
+        &topo.gateway,
+        "link",
+        "set",
+        IF,
+        "address",
+        &GW_MAC.to_string(),
+    ]);
+    ip(&[
+        "-n",
+        &topo.gateway,
+        "addr",
+        "add",
+        &format!("{GW}/24"),
+        "dev",
+        IF,
+    ]);
+    ip(&["-n", &topo.gateway, "link", "set", IF, "up"]);
+    ip(&["-n", &topo.bridge, "link", "set", "g", "master", "br0"]);
+    ip(&["-n", &topo.bridge, "link", "set", "g", "up"]);
+}
+
+#[test]
+fn one_worker_core_serves_two_queues() {
+    let topo = Segment::new("sl-gwb");
+    give_gateway_queues(&topo, 2);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let capture = capture(&topo.receiver);
+    let (config, socket) = write_config_queues(dir.path(), IF, "0-1", "");
+    let mut gateway = GatewayProcess::start(&topo.gateway, &config, dir.path());
+    wait_until_forwarding(&topo, &mut gateway, &socket);
+
+    // 200 bounces to A1B on H2, each with its own outer UDP source port: the bridge
+    // hashes them over the gateway's two queues.
+    let inner = inner_udp(
+        POD_A1_MAC,
+        POD_A1B_MAC,
+        POD_A1,
+        POD_A1B,
+        (1000, 2000),
+        b"hi",
+    );
+    let packets: Vec<Vec<u8>> = (0..200u16)
+        .map(|i| {
+            let outer = OuterSpec {
+                src_port: 40_000 + i * 7,
+                ..OuterSpec::from_host(H1, H1_MAC, VNI_A)
+            };
+            geneve_packet(&outer, &inner)
+        })
+        .collect();
+    topo.send_frames(&packets);
+
+    let text = metrics_when(
+        &topo.gateway,
+        |t| sum_samples(t, "sluice_tx_packets_total", &[]) >= 200,
+        Duration::from_secs(10),
+    );
+    let (_, worker) = cores();
+    let queue_rx = |queue: u32| {
+        sum_samples(
+            &text,
+            "sluice_rx_packets_total",
+            &[&format!(
+                "worker=\"{worker}\",interface=\"{IF}\",queue=\"{queue}\""
+            )],
+        )
+    };
+    assert!(
+        queue_rx(0) > 0 && queue_rx(1) > 0,
+        "both queues receive: {text}"
+    );
+    assert_eq!(queue_rx(0) + queue_rx(1), 200, "{text}");
+    assert_eq!(
+        sum_samples(&text, "sluice_forwarded_total", &[]),
+        200,
+        "{text}"
+    );
+    assert_eq!(sum_samples(&text, "sluice_drops_total", &[]), 0, "{text}");
+    promtool_check(&text);
+    let arrived = receive_all(&capture, Duration::from_secs(2))
+        .iter()
+        .filter(|f| decode(f).is_ok_and(|d| d.outer_src == GW && d.outer_dst == H2))
+        .count();
+    assert_eq!(arrived, 200, "every bounce reached the receiver");
+    let stderr = gateway.stderr();
+    for queue in 0..2 {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains("worker bound") && l.contains(&format!("queue={queue}"))),
+            "{stderr}"
+        );
+    }
+    stop_cleanly(&topo, gateway);
+    assert!(!socket.exists(), "the socket file is still there");
+}
+
+/// The last line of a refused start: one `sluice-gateway: ` line, no backtrace.
+fn one_error_line(stderr: &str) -> &str {
+    let errors: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.starts_with("sluice-gateway: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert_eq!(stderr.lines().last(), Some(errors[0]), "{stderr}");
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+    errors[0]
+}
+
+#[test]
+fn an_unprivileged_start_is_refused_naming_the_privilege() {
+    let topo = Segment::new("sl-gwb");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, socket) = write_config(dir.path(), IF);
+    // Readable by nobody, so that the refusal is about privilege, not about the files.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for file in [&config, &dir.path().join("tables.yaml")] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", topo.gateway))
+        .args([
+            "--",
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+        ])
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running sluice-gateway as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = one_error_line(&stderr);
+    assert!(
+        line.contains("missing privilege: CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF"),
+        "{stderr}"
+    );
+    assert!(!topo.gateway_has_xdp(), "nothing attached");
+    assert!(!socket.exists(), "no socket file");
+}
+
+#[test]
+fn a_busy_queue_is_refused_after_retries_naming_interface_and_queue() {
+    use sluice_dataplane::engine::{EngineSettings, Worker};
+    use sluice_dataplane::tables::TableWriter;
+
+    let topo = Segment::new("sl-gwb");
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The test holds an AF_XDP socket on the gateway's queue 0.
+    let writer = TableWriter::new();
+    let settings = EngineSettings {
+        frame_count: 128,
+        fill_ring: 64,
+        completion_ring: 64,
+        rx_ring: 64,
+        tx_ring: 64,
+        ..EngineSettings::default()
+    };
+    let holder = in_ns(&topo.gateway, || {
+        Worker::new(IF, 0, &settings, writer.reader(), local()).expect("the test's socket")
+    });
+    let (config, socket) = write_config(dir.path(), IF);
+    let mut gateway = GatewayProcess::start(&topo.gateway, &config, dir.path());
+    let started = Instant::now();
+    let status = gateway.wait(Duration::from_secs(30));
+    let stderr = gateway.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let line = one_error_line(&stderr);
+    assert!(
+        line.contains(&format!(
+            "binding an AF_XDP socket to {IF} queue 0 (after 20 attempts)"
+        )) && line.contains("the queue is busy"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "it retried before giving up"
+    );
+    assert!(!topo.gateway_has_xdp(), "nothing attached");
+    assert!(!socket.exists(), "no socket file");
+    drop(holder);
 }

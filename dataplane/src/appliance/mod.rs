@@ -36,6 +36,10 @@ use crate::tables::{Rejected, TableWriter};
 pub enum RunError {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    #[error("missing privilege: {missing} (run as root, or grant these capabilities)")]
+    Privilege { missing: String },
+    #[error("reading this process's capabilities from /proc/self/status: {0}")]
+    Capabilities(String),
     #[error("reading the host's online cores: {0}")]
     HostFacts(std::io::Error),
     #[error("tables.file {path}: {problem}")]
@@ -96,6 +100,8 @@ pub fn check(text: &str) -> Result<(GatewayConfig, Plan), RunError> {
 /// worker core serving several queues owns a socket and a UMEM per queue and serves
 /// them in turn.
 pub fn run(config: &GatewayConfig, plan: &Plan) -> Result<(), RunError> {
+    // Before anything is created, so that a refusal leaves nothing behind.
+    check_privilege()?;
     let mut writer = TableWriter::new();
     if let Some(tables) = &config.tables {
         load_tables(&mut writer, &tables.file)?;
@@ -234,6 +240,38 @@ pub fn run(config: &GatewayConfig, plan: &Plan) -> Result<(), RunError> {
         Ok(Stop::WorkerFailed(e)) | Err(e) => return Err(e),
     }
     cleanup
+}
+
+/// Capabilities a run needs: attaching XDP and changing links (CAP_NET_ADMIN), AF_XDP
+/// sockets (CAP_NET_RAW), loading BPF (CAP_BPF, or CAP_SYS_ADMIN on older kernels).
+const NEEDED: [(&str, u32); 2] = [("CAP_NET_ADMIN", 12), ("CAP_NET_RAW", 13)];
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// Refuses to start without the capabilities a run needs, naming the missing ones.
+fn check_privilege() -> Result<(), RunError> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| RunError::Capabilities(e.to_string()))?;
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .ok_or_else(|| RunError::Capabilities("no CapEff line".into()))?;
+    missing_capabilities(effective).map_or(Ok(()), |missing| Err(RunError::Privilege { missing }))
+}
+
+/// The capabilities missing from the `effective` set, comma-separated, if any.
+fn missing_capabilities(effective: u64) -> Option<String> {
+    let has = |bit: u32| effective & (1u64 << bit) != 0;
+    let mut missing: Vec<&str> = NEEDED
+        .iter()
+        .filter(|(_, bit)| !has(*bit))
+        .map(|(name, _)| *name)
+        .collect();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    (!missing.is_empty()).then(|| missing.join(", "))
 }
 
 fn engine_settings(config: &GatewayConfig) -> EngineSettings {
@@ -486,5 +524,30 @@ impl std::fmt::Debug for Running {
             .field("workers", &self.workers.len())
             .field("sockets", &self.sockets)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_capabilities_are_named() {
+        assert_eq!(
+            missing_capabilities(0).as_deref(),
+            Some("CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF")
+        );
+        let all = (1 << 12) | (1 << 13) | (1 << CAP_BPF);
+        assert_eq!(missing_capabilities(all), None);
+        let sys_admin = (1 << 12) | (1 << 13) | (1 << CAP_SYS_ADMIN);
+        assert_eq!(
+            missing_capabilities(sys_admin),
+            None,
+            "CAP_SYS_ADMIN will do"
+        );
+        assert_eq!(
+            missing_capabilities(1 << 12).as_deref(),
+            Some("CAP_NET_RAW, CAP_BPF")
+        );
     }
 }

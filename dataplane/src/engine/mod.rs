@@ -48,7 +48,7 @@ pub enum EngineError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("binding an AF_XDP socket to {ifname} queue {queue} (after {attempts} attempts): {reason}: {source:?}")]
+    #[error("binding an AF_XDP socket to {ifname} queue {queue} (after {attempts} attempts): {reason}{}", .source.as_ref().map(|e| format!(" ({e})")).unwrap_or_default())]
     Bind {
         ifname: String,
         queue: u32,

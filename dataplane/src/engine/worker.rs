@@ -622,9 +622,14 @@ fn bind_retrying(
                     std::thread::sleep(BIND_BACKOFF);
                     continue;
                 }
+                let reason = if busy {
+                    "the queue is busy (another AF_XDP socket is bound to it)".into()
+                } else {
+                    e.to_string()
+                };
                 return Err(BindFailure {
                     attempts: attempt,
-                    reason: e.to_string(),
+                    reason,
                     source,
                 });
             }
