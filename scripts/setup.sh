@@ -22,6 +22,9 @@ apt_packages+=(ethtool)
 # promtool (package prometheus) checks the gateway's metrics text
 # (dataplane/tests/gateway_binary.rs).
 apt_packages+=(prometheus)
+# The node agent's tests (cni-shim/tests): Debian's Go and libcni build the independent
+# CNI client (tests/libcni-driver) offline; bpftool counts the stubs' map entries.
+apt_packages+=(golang-go golang-github-appc-cni-dev bpftool)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
