@@ -995,3 +995,26 @@ fn agent_falls_back_to_the_fib_for_neighbours() {
         2
     );
 }
+
+/// A map pinned with another layout (another Sluice version) is not silently replaced:
+/// loading fails, names the pin directory and says how to start over.
+#[test]
+fn a_pinned_map_of_another_layout_is_refused() {
+    let pins = PinDir::new();
+    std::fs::create_dir_all(&pins.0).expect("pin dir");
+    let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+        ..Default::default()
+    };
+    let mut old =
+        libbpf_rs::MapHandle::create(libbpf_rs::MapType::Hash, Some("pods"), 4, 8, 16, &opts)
+            .expect("creating a map");
+    old.pin(pins.0.join("pods")).expect("pinning it");
+    let err = NodeStubs::load(&pins.0).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, StubError::Load { .. }), "{text}");
+    assert!(text.contains(&pins.0.display().to_string()), "{text}");
+    assert!(text.contains("unpin_all"), "{text}");
+    NodeStubs::unpin_all(&pins.0).expect("unpin");
+    NodeStubs::load(&pins.0).expect("loading into a clean directory");
+}
