@@ -7,6 +7,8 @@ use serde::Serialize;
 use sluice_api::proto::v1 as pb;
 use sluice_api::Object;
 
+use crate::controller::objects::ClusterObject;
+
 /// How to print.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -160,6 +162,138 @@ pub fn objects(
         })
         .collect();
     Ok(table(header, &rows))
+}
+
+#[derive(Serialize)]
+struct ClusterListing<'a> {
+    items: &'a [ClusterObject],
+}
+
+fn names<T: ToString>(items: &[T]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        joined(items)
+    }
+}
+
+fn opt<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// The answer to `get` against the controller: objects of one kind, sorted by name.
+pub fn cluster_objects(
+    format: Format,
+    objects: &mut [ClusterObject],
+) -> Result<String, OutputError> {
+    objects.sort_by_key(ClusterObject::reference);
+    if let Some(text) = structured(format, &ClusterListing { items: objects })? {
+        return Ok(text);
+    }
+    let Some(first) = objects.first() else {
+        return Ok("no objects\n".into());
+    };
+    let header: &[&str] = match first {
+        ClusterObject::Vpc(_) => &["NAME", "VNI", "CIDR", "SERVICE CIDR", "DIVIDERS"],
+        ClusterObject::Subnet(_) => &["NAME", "VPC", "CIDR", "ROUTER", "ROUTER MAC", "BOUNCERS"],
+        ClusterObject::Service(_) => &["NAME", "VPC", "VIP", "PORTS", "ENDPOINTS"],
+        ClusterObject::Gateway(_) => &[
+            "NAME", "IP", "MAC", "CONTROL", "IN SYNC", "APPLIES", "BOOT ID",
+        ],
+        ClusterObject::Node(_) => &["NAME", "IP", "MAC"],
+        ClusterObject::Endpoint(_) => &["POD", "NODE", "SUBNET", "VNI", "IP", "MAC"],
+    };
+    let rows: Vec<Vec<String>> = objects
+        .iter()
+        .map(|o| match o {
+            ClusterObject::Vpc(v) => {
+                let st = v.status.clone().unwrap_or_default();
+                vec![
+                    v.metadata.name.clone(),
+                    opt(st.vni),
+                    v.spec.cidr.to_string(),
+                    v.spec.service_cidr.to_string(),
+                    names(&st.divider_gateways),
+                ]
+            }
+            ClusterObject::Subnet(s) => {
+                let st = s.status.clone().unwrap_or_default();
+                vec![
+                    s.metadata.name.clone(),
+                    s.spec.vpc.clone(),
+                    s.spec.cidr.to_string(),
+                    opt(st.router_ip),
+                    opt(st.router_mac),
+                    names(&st.bouncer_gateways),
+                ]
+            }
+            ClusterObject::Service(s) => {
+                let st = s.status.clone().unwrap_or_default();
+                vec![
+                    o.reference().name,
+                    s.spec.vpc.clone(),
+                    opt(st.vip),
+                    s.spec
+                        .ports
+                        .iter()
+                        .map(|p| format!("{}/{}->{}", p.port, p.protocol, p.target()))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    names(&st.endpoints),
+                ]
+            }
+            ClusterObject::Gateway(g) => {
+                let st = g.status.clone().unwrap_or_default();
+                vec![
+                    g.metadata.name.clone(),
+                    g.spec.ip.to_string(),
+                    g.spec.mac.to_string(),
+                    g.spec.control.clone(),
+                    if st.in_sync { "yes" } else { "no" }.into(),
+                    st.apply_calls.to_string(),
+                    if st.boot_id.is_empty() {
+                        "-".into()
+                    } else {
+                        st.boot_id
+                    },
+                ]
+            }
+            ClusterObject::Node(n) => vec![
+                n.metadata.name.clone(),
+                n.spec.ip.to_string(),
+                n.spec.mac.to_string(),
+            ],
+            ClusterObject::Endpoint(e) => vec![
+                format!("{}/{}", e.spec.pod_namespace, e.spec.pod_name),
+                e.spec.node.clone(),
+                format!("{}/{}", e.spec.vpc, e.spec.subnet),
+                e.spec.vni.to_string(),
+                e.spec.ip.to_string(),
+                e.spec.mac.to_string(),
+            ],
+        })
+        .collect();
+    Ok(table(header, &rows))
+}
+
+/// The answer to `apply` or `delete` against the controller.
+pub fn cluster_applied(
+    format: Format,
+    verb: &str,
+    objects: &mut [ClusterObject],
+    apply_calls: u64,
+) -> Result<String, OutputError> {
+    if format != Format::Table {
+        return cluster_objects(format, objects);
+    }
+    let mut out = String::new();
+    for o in objects.iter() {
+        out.push_str(&format!("{} {verb}\n", o.reference()));
+    }
+    out.push_str(&format!(
+        "gateways updated with {apply_calls} Apply calls\n"
+    ));
+    Ok(out)
 }
 
 #[derive(Serialize)]

@@ -20,6 +20,9 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use super::service::ControllerService;
 
+/// Longest a stopping server waits for open connections to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Where to listen, as written on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListenAddr {
@@ -219,22 +222,37 @@ pub async fn serve(
         server = server.tls_config(config).map_err(ServeError::Tls)?;
     }
     let router = server.add_service(controller).add_service(health_service);
-    match bound {
+    // Once asked to stop, wait at most SHUTDOWN_GRACE for open connections (a client
+    // holding an idle channel would otherwise keep the server up until keepalive ends).
+    let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = fired_tx.send(());
+    };
+    let grace = async move {
+        if fired_rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let result = match bound {
         Bound::Unix { listener, path } => {
-            let result = router
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-                .await;
+            let result = tokio::select! {
+                r = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown) => r,
+                () = grace => Ok(()),
+            };
             let _ = std::fs::remove_file(&path);
             result
         }
         Bound::Tcp { listener, .. } => {
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await
+            tokio::select! {
+                r = router.serve_with_incoming_shutdown(incoming, shutdown) => r,
+                () = grace => Ok(()),
+            }
         }
-    }
-    .map_err(ServeError::Serve)
+    };
+    result.map_err(ServeError::Serve)
 }
 
 #[cfg(test)]
