@@ -742,3 +742,63 @@ fn mtu_overhead_matches_the_wire_contract() {
         u32::from(sluice_dataplane::wire::contract::ENCAP_MTU_OVERHEAD)
     );
 }
+
+#[test]
+fn the_binary_serves_until_sigterm_and_fails_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("run/controller.sock");
+    let bin = env!("CARGO_BIN_EXE_sluice-controller");
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Kill(
+        Command::new(bin)
+            .arg("--store")
+            .arg(dir.path().join("lib/controller.redb"))
+            .arg("--listen")
+            .arg(format!("unix://{}", sock.display()))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id().to_string();
+    wait_for("the controller's socket", || sock.exists());
+    let out = ok(&sluicectl(&sock, &["apply", "-f", CLUSTER]));
+    assert!(
+        out.ends_with("gateways updated with 0 Apply calls\n"),
+        "{out}"
+    );
+    let subnets = ok(&sluicectl(&sock, &["get", "subnets"]));
+    assert!(
+        subnets.contains("red-a   red   10.0.1.0/24  10.0.1.1  0a:59:0a:00:01:01  -"),
+        "{subnets}"
+    );
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let exit = child.0.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(!sock.exists(), "the socket is removed on SIGTERM");
+    drop(child);
+
+    let out = Command::new(bin)
+        .args([
+            "--store",
+            "/proc/sluice-no-such-dir/s.redb",
+            "--listen",
+            "http://x",
+        ])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("sluice-controller: \"http://x\" is not a listen address"),
+        "{err}"
+    );
+}
