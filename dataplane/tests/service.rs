@@ -363,6 +363,25 @@ async fn counters_are_read_and_watched() {
                 counters.outcomes.record(Verdict::Drop(*reason));
             }
         }
+        counters.services = vec![service::ServiceCount {
+            vni: VNI_A,
+            vip: VIP_TCP,
+            port: VIP_TCP_PORT,
+            protocol: sluice_api::Protocol::Tcp,
+            packets: 7,
+            backends: vec![
+                service::BackendCount {
+                    ip: POD_A1,
+                    port: 8080,
+                    packets: 5,
+                },
+                service::BackendCount {
+                    ip: POD_A2,
+                    port: 8080,
+                    packets: 2,
+                },
+            ],
+        }];
     }
     let got = client
         .get_counters(pb::GetCountersRequest {})
@@ -380,6 +399,25 @@ async fn counters_are_read_and_watched() {
         assert_eq!(drop.packets, i as u64 + 1, "{}", drop.reason);
     }
     assert_eq!(got.boot_id, service::boot_id());
+    let [svc] = got.services.as_slice() else {
+        panic!("one service: {:?}", got.services)
+    };
+    assert_eq!(
+        (
+            svc.vni,
+            svc.vip.as_str(),
+            svc.port,
+            svc.protocol,
+            svc.packets
+        ),
+        (VNI_A, "10.96.0.10", 80, pb::Protocol::Tcp as i32, 7)
+    );
+    let backends: Vec<_> = svc
+        .backends
+        .iter()
+        .map(|b| (b.ip.as_str(), b.port, b.packets))
+        .collect();
+    assert_eq!(backends, [("10.0.1.10", 8080, 5), ("10.0.2.10", 8080, 2)]);
 
     let mut watch = client
         .watch_counters(pb::WatchCountersRequest { interval_ms: 1 })
