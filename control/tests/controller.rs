@@ -6,24 +6,24 @@
 //! re-executed), so that restarting it gives it a new boot id as a real restart does.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use sluice_api::client::{self, Target};
+use sluice_api::client::{self, ClientTls, Target};
 use sluice_api::proto::v1 as pb;
 use sluice_api::proto::v1::controller_client::ControllerClient;
 use sluice_api::{Backend, Endpoint, Host, MacAddr, Object, ObjectKey, Protocol, Vni};
 use sluice_control::controller::objects::{ClusterObject, Kind};
 use sluice_control::controller::placement::place;
-use sluice_control::controller::server::{self, ListenAddr};
+use sluice_control::controller::server::{self, ListenAddr, ServerTls};
 use sluice_control::controller::service::ControllerService;
 use sluice_control::controller::{Controller, Store};
 use sluice_dataplane::service::harness::GatewayHarness;
-use sluice_dataplane::service::{Limits, Listen};
+use sluice_dataplane::service::{Limits, Listen, ServerTls as GatewayTls};
 use sluice_dataplane::tables::TableWriter;
 use tokio::sync::oneshot;
 
@@ -99,10 +99,19 @@ struct ControllerServer {
 
 impl ControllerServer {
     fn start(store: &Path, socket: &Path) -> Self {
+        Self::start_with(store, ListenAddr::Unix(socket.to_owned()), None, None).0
+    }
+
+    /// Serves on `listen`; returns the bound TCP address for `https://` with port 0.
+    fn start_with(
+        store: &Path,
+        listen: ListenAddr,
+        tls: Option<ServerTls>,
+        gateway_tls: Option<ClientTls>,
+    ) -> (Self, Option<SocketAddr>) {
         let store = Store::open(store).unwrap();
         let (ready_tx, ready) = std::sync::mpsc::channel();
         let (shutdown, stop) = oneshot::channel::<()>();
-        let socket = socket.to_owned();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -110,11 +119,13 @@ impl ControllerServer {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
-                let controller = Controller::new(Arc::new(store), None);
+                let controller = Controller::new(Arc::new(store), gateway_tls);
                 controller.reconcile().await.unwrap();
                 let checks = controller.spawn_checks(Duration::from_millis(100));
-                let bound = server::bind(&ListenAddr::Unix(socket), None).await.unwrap();
-                ready_tx.send(Arc::clone(&controller)).unwrap();
+                let bound = server::bind(&listen, tls).await.unwrap();
+                ready_tx
+                    .send((Arc::clone(&controller), bound.tcp_addr()))
+                    .unwrap();
                 let service = ControllerService::new(controller, 1500);
                 server::serve(bound, service, async {
                     let _ = stop.await;
@@ -124,12 +135,15 @@ impl ControllerServer {
                 checks.abort();
             });
         });
-        let controller = ready.recv().expect("the controller starts");
-        Self {
-            controller: Some(controller),
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        }
+        let (controller, addr) = ready.recv().expect("the controller starts");
+        (
+            Self {
+                controller: Some(controller),
+                shutdown: Some(shutdown),
+                thread: Some(thread),
+            },
+            addr,
+        )
     }
 
     fn controller(&self) -> &Controller {
@@ -801,4 +815,145 @@ fn the_binary_serves_until_sigterm_and_fails_in_one_line() {
         err.starts_with("sluice-controller: \"http://x\" is not a listen address"),
         "{err}"
     );
+}
+
+/// A CA and, signed by it, a server certificate for 127.0.0.1 and a client certificate.
+struct Pki {
+    ca: String,
+    server: (String, String),
+    client: (String, String),
+}
+
+fn pki() -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair,
+    };
+    let mut ca_params = CertificateParams::new(vec![]).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "sluice test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |names: Vec<String>, usage| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki {
+        ca: ca.pem(),
+        server: leaf(
+            vec!["127.0.0.1".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ),
+        client: leaf(vec!["sluice".into()], ExtendedKeyUsagePurpose::ClientAuth),
+    }
+}
+
+#[test]
+fn mutual_tls_between_sluicectl_controller_and_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let client_tls = ClientTls {
+        ca: file("ca.pem", &pki.ca),
+        cert: file("client.pem", &pki.client.0),
+        key: file("client.key", &pki.client.1),
+    };
+    let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let gateway = GatewayHarness::start(
+        Listen::Tcp {
+            addr: any_port,
+            tls: GatewayTls {
+                cert_pem: pki.server.0.clone().into_bytes(),
+                key_pem: pki.server.1.clone().into_bytes(),
+                client_ca_pem: pki.ca.clone().into_bytes(),
+            },
+        },
+        TableWriter::new(),
+        Limits::default(),
+    )
+    .unwrap();
+    let gw_port = gateway.tcp_addr().unwrap().port();
+    let (ctl, addr) = ControllerServer::start_with(
+        &dir.path().join("c.redb"),
+        ListenAddr::Https(any_port),
+        Some(ServerTls {
+            cert_pem: pki.server.0.clone().into_bytes(),
+            key_pem: pki.server.1.clone().into_bytes(),
+            client_ca_pem: pki.ca.clone().into_bytes(),
+        }),
+        Some(client_tls.clone()),
+    );
+    let url = format!("https://127.0.0.1:{}", addr.unwrap().port());
+    let ctl_tls = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sluicectl"))
+            .args(["--controller", &url, "--ca"])
+            .arg(&client_tls.ca)
+            .arg("--cert")
+            .arg(&client_tls.cert)
+            .arg("--key")
+            .arg(&client_tls.key)
+            .args(args)
+            .env_remove("SLUICE_CONTROLLER")
+            .output()
+            .unwrap()
+    };
+    let gw_yaml = file(
+        "gateway.yaml",
+        &format!(
+            "kind: Gateway\nmetadata: {{name: gw-tls}}\n\
+             spec: {{ip: 198.18.0.1, mac: \"02:00:00:00:00:01\", control: \"https://127.0.0.1:{gw_port}\"}}\n"
+        ),
+    );
+    ok(&ctl_tls(&["apply", "-f", CLUSTER]));
+    let out = ok(&ctl_tls(&["apply", "-f", gw_yaml.to_str().unwrap()]));
+    assert!(out.contains("Gateway gw-tls applied"), "{out}");
+    // The only gateway holds every role: both VPCs, all three subnets, the service.
+    let tables = runtime().block_on(async {
+        let channel = client::connect(
+            &Target::Https {
+                host: "127.0.0.1".into(),
+                port: gw_port,
+            },
+            Some(&client_tls),
+        )
+        .await
+        .unwrap();
+        let mut gw = client::gateway(channel);
+        let mut kinds = Vec::new();
+        for kind in [pb::Kind::Vpc, pb::Kind::Subnet, pb::Kind::Service] {
+            let mut stream = gw
+                .list(pb::ListRequest { kind: kind.into() })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut n = 0;
+            while let Some(chunk) = stream.message().await.unwrap() {
+                n += chunk.objects.len();
+            }
+            kinds.push(n);
+        }
+        kinds
+    });
+    assert_eq!(tables, [2, 3, 1]);
+    // Without a client certificate the controller is not reachable over TCP.
+    let out = Command::new(env!("CARGO_BIN_EXE_sluicectl"))
+        .args(["--controller", &url, "get", "vpcs"])
+        .env_remove("SLUICE_CA")
+        .env_remove("SLUICE_CERT")
+        .env_remove("SLUICE_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("needs --ca, --cert and --key"), "{err}");
+    ctl.stop();
+    drop(gateway);
 }
