@@ -90,7 +90,7 @@ impl Controller {
                     // An unchanged gateway that is in sync needs nothing; `sync` finds
                     // an empty delta itself, but skipping avoids the diff.
                     let result = if changed || !link.status().in_sync {
-                        link.sync(&want).await
+                        link.sync(want).await
                     } else {
                         Ok(())
                     };
@@ -146,13 +146,13 @@ impl Controller {
     }
 
     /// Checks every gateway's boot id and generation, re-syncing restarted ones.
+    /// Does not wait for reconciles: each link checks against what it was last asked to
+    /// hold.
     pub async fn check_gateways(&self) {
-        let desired = self.desired.lock().await;
         let links = self.links().clone();
-        let work = links.iter().map(|(name, link)| {
-            let want = desired.tables.get(name).cloned().unwrap_or_default();
-            async move { (name, link.check(&want).await) }
-        });
+        let work = links
+            .iter()
+            .map(|(name, link)| async move { (name, link.check().await) });
         for (name, result) in join_all(work).await {
             if let Err(e) = result {
                 tracing::warn!(gateway = %name, error = %e, "gateway check failed; will retry");

@@ -11,7 +11,7 @@
 //! Every `Apply` sent is counted, so tests and benchmarks can read the cost of a change.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sluice_api::client::{self, ClientTls, ConnectError, Target};
@@ -58,6 +58,8 @@ struct LinkState {
     client: Option<GatewayClient<Channel>>,
     /// What the gateway holds, when known.
     held: Option<GatewayTables>,
+    /// What it should hold, as of the last reconcile; checks sync to this.
+    want: Option<Arc<GatewayTables>>,
     boot_id: Option<String>,
     generation: u64,
 }
@@ -112,16 +114,21 @@ impl GatewayLink {
 
     /// Brings the gateway to `want`: one delta `Apply` when its tables are known, a full
     /// sync otherwise.
-    pub async fn sync(&self, want: &GatewayTables) -> Result<(), SyncError> {
+    pub async fn sync(&self, want: Arc<GatewayTables>) -> Result<(), SyncError> {
         let mut state = self.state.lock().await;
-        self.sync_locked(&mut state, want).await
+        state.want = Some(Arc::clone(&want));
+        self.sync_locked(&mut state, &want).await
     }
 
     /// Asks the gateway for its boot id and generation; a restart (new boot id, or a
     /// generation lower than the last one it reported) means it lost its tables, so it
-    /// gets a full sync. Then brings it to `want`.
-    pub async fn check(&self, want: &GatewayTables) -> Result<(), SyncError> {
+    /// gets a full sync. Then brings it to what the last sync asked for (nothing before
+    /// the first sync), so a check never undoes a newer change.
+    pub async fn check(&self) -> Result<(), SyncError> {
         let mut state = self.state.lock().await;
+        let Some(want) = state.want.clone() else {
+            return Ok(());
+        };
         if state.held.is_some() {
             match self.counters(&mut state).await {
                 Ok((boot_id, generation)) => {
@@ -141,7 +148,7 @@ impl GatewayLink {
                 }
             }
         }
-        self.sync_locked(&mut state, want).await
+        self.sync_locked(&mut state, &want).await
     }
 
     async fn sync_locked(
