@@ -12,154 +12,7 @@
 
 mod common;
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use common::*;
-use nix::sched::{setns, CloneFlags};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
-const GW: (&str, &str) = ("198.18.0.1", "02:00:00:00:00:01");
-const W1: (&str, &str) = ("198.18.0.11", "02:00:00:00:00:11");
-const W2: (&str, &str) = ("198.18.0.12", "02:00:00:00:00:12");
-const METRICS: &str = "127.0.0.1:9471";
-
-fn gateway_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("sluice-gateway");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p sluice-dataplane --bin sluice-gateway` \
-         (same profile) first, or `cargo test --workspace`",
-        bin.display()
-    );
-    bin
-}
-
-/// The tables the gateway starts with: both workers' pods as `endpoints` (ip, host).
-fn tables(endpoints: &[(&str, &str)]) -> String {
-    let mut s = String::from("upserts:\n");
-    for (ip, mac) in [GW, W1, W2] {
-        s += &format!("  - kind: Host\n    ip: {ip}\n    mac: \"{mac}\"\n");
-    }
-    s += "  - kind: Vpc\n    vni: 100\n    cidr: 10.1.0.0/16\n    serviceCidr: 10.96.0.0/16\n    \
-          dividers: [198.18.0.1]\n";
-    s += "  - kind: Subnet\n    vni: 100\n    cidr: 10.1.0.0/24\n    routerMac: \"02:00:5e:00:01:01\"\n    \
-          bouncers: [198.18.0.1]\n";
-    for (ip, host) in endpoints {
-        let o: Vec<u8> = ip.split('.').map(|p| p.parse().unwrap()).collect();
-        s += &format!(
-            "  - kind: Endpoint\n    vni: 100\n    ip: {ip}\n    \
-             mac: \"0a:58:{:02x}:{:02x}:{:02x}:{:02x}\"\n    host: {host}\n",
-            o[0], o[1], o[2], o[3]
-        );
-    }
-    s
-}
-
-struct Gateway {
-    child: Option<Child>,
-    ns: String,
-    stderr: PathBuf,
-}
-
-impl Gateway {
-    fn start(ns: &Netns, dir: &Path, tables_yaml: &str) -> Self {
-        let online = std::fs::read_to_string("/sys/devices/system/cpu/online").expect("cpus");
-        let cores = sluice_dataplane::config::cpulist::parse(&online).expect("cpulist");
-        let (control, worker) = (*cores.first().unwrap(), *cores.last().unwrap());
-        assert_ne!(control, worker, "the gateway test bed needs two cores");
-        let tables = dir.join("tables.yaml");
-        std::fs::write(&tables, tables_yaml).expect("tables");
-        let config = dir.join("gateway.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[cores]\ncontrol = \"{control}\"\nworkers = \"{worker}\"\n\n\
-                 [[interfaces]]\nname = \"eth0\"\nip = \"{}\"\nmac = \"{}\"\nqueues = \"0\"\n\n\
-                 [umem]\nframe_size = 4096\nframe_count = 4096\n\n\
-                 [rings]\nrx = 1024\ntx = 1024\nfill = 2048\ncompletion = 2048\n\n\
-                 [control]\ngrpc = \"unix://{}\"\nmetrics = \"{METRICS}\"\n\n\
-                 [tables]\nfile = \"{}\"\n",
-                GW.0,
-                GW.1,
-                dir.join("gateway.sock").display(),
-                tables.display()
-            ),
-        )
-        .expect("gateway.toml");
-        let stderr = dir.join("gateway.stderr");
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", ns.name))
-            .arg("--")
-            .arg(gateway_bin())
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&stderr).expect("stderr"))
-            .spawn()
-            .expect("starting sluice-gateway");
-        let mut gw = Gateway {
-            child: Some(child),
-            ns: ns.name.clone(),
-            stderr,
-        };
-        let sock = dir.join("gateway.sock");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !sock.exists() {
-            if let Some(status) = gw.child.as_mut().unwrap().try_wait().expect("try_wait") {
-                gw.child = None;
-                panic!("the gateway exited ({status}): {}", gw.stderr());
-            }
-            assert!(Instant::now() < deadline, "gateway not up: {}", gw.stderr());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        gw
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Packets the gateway's workers received (sum over workers).
-    fn rx_packets(&self) -> u64 {
-        let ns = format!("/run/netns/{}", self.ns);
-        let text = std::thread::scope(|s| {
-            s.spawn(|| {
-                let f = File::open(&ns).expect("gateway netns");
-                setns(&f, CloneFlags::CLONE_NEWNET).expect("setns");
-                sluice_dataplane::appliance::metrics::fetch(
-                    METRICS.parse().unwrap(),
-                    Duration::from_secs(2),
-                )
-            })
-            .join()
-            .expect("metrics thread")
-        })
-        .unwrap_or_else(|e| panic!("metrics: {e}: {}", self.stderr()));
-        text.lines()
-            .filter(|l| l.starts_with("sluice_rx_packets_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-            let _ = child.wait();
-        }
-    }
-}
 
 fn ping(from: &Netns, to: &str, count: &str) -> String {
     let out = nsenter(
@@ -200,11 +53,14 @@ fn pods_reach_each_other_through_the_stubs_and_the_gateway() {
     let gw = Gateway::start(
         &gw_ns,
         dir.path(),
-        &tables(&[
-            ("10.1.0.10", W1.0),
-            ("10.1.0.11", W1.0),
-            ("10.1.0.50", W2.0),
-        ]),
+        &tables(
+            "10.1.0.0/24",
+            &[
+                ("10.1.0.10", W1.0),
+                ("10.1.0.11", W1.0),
+                ("10.1.0.50", W2.0),
+            ],
+        ),
     );
     w1.start(&[]);
     w2.start(&[]);

@@ -13,8 +13,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-const GW: (&str, &str) = ("198.18.0.1", "02:00:00:00:00:01");
-
 fn worker(base: &str) -> (Underlay, Worker) {
     assert_root("node agent");
     let underlay = Underlay::new(base);

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Measures pod provisioning: time from CNI ADD start to a pod that exchanges traffic,
+# p50 and p99, with 10 and with 500 pods already attached on the node. Runs the real
+# sluice-gateway, sluice-node and sluice-cni in network namespaces (as root), prints the
+# table and writes perf/results/provision.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --release -p sluice-dataplane --bin sluice-gateway
+cargo test --release -p sluice-cni --test provision_bench -- --ignored --nocapture
