@@ -8,5 +8,6 @@
 
 pub mod cli;
 pub mod controller;
+pub mod kubernetes;
 
 pub use sluice_api as api;

@@ -10,7 +10,7 @@
 //! first to the second; [`chunks`] splits a large one into transactions under the
 //! message limit that are each valid in order.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use prost::Message;
@@ -224,6 +224,325 @@ pub fn desired_tables(
         }
     }
     out
+}
+
+/// What the incremental path needs besides the tables, derived from a snapshot and its
+/// tables and kept current by [`endpoint_change`] and [`backends_change`].
+#[derive(Clone, Debug, Default)]
+pub struct Index {
+    /// Per gateway, how many objects of its tables name each underlay host (VPC
+    /// dividers, subnet bouncers, endpoints' hosts): a host is held while this is > 0.
+    host_refs: BTreeMap<String, HashMap<Ipv4Addr, u32>>,
+    /// Endpoint addresses by (VPC, pod namespace, pod name).
+    pod_ips: HashMap<(String, String, String), BTreeSet<Ipv4Addr>>,
+    /// Services naming a pod as a backend, by (namespace, pod name).
+    backend_of: HashMap<(String, String), BTreeSet<String>>,
+}
+
+fn host_refs(tables: &GatewayTables) -> HashMap<Ipv4Addr, u32> {
+    let mut refs = HashMap::new();
+    for object in tables.values() {
+        let named: &[Ipv4Addr] = match object {
+            Object::Vpc(v) => &v.dividers,
+            Object::Subnet(s) => &s.bouncers,
+            Object::Endpoint(e) => std::slice::from_ref(&e.host),
+            Object::Host(_) | Object::Service(_) => &[],
+        };
+        for ip in named {
+            *refs.entry(*ip).or_insert(0) += 1;
+        }
+    }
+    refs
+}
+
+fn backend_pods(svc: &super::objects::Service) -> impl Iterator<Item = (String, String)> + '_ {
+    let ns = service_namespace(svc);
+    svc.spec
+        .backends
+        .iter()
+        .map(move |p| (p.namespace_or(ns).to_owned(), p.name.clone()))
+}
+
+impl Index {
+    /// The index of `snapshot` and the tables computed from it.
+    pub fn of(snapshot: &Snapshot, tables: &BTreeMap<String, GatewayTables>) -> Self {
+        let mut index = Self {
+            host_refs: tables
+                .iter()
+                .map(|(g, t)| (g.clone(), host_refs(t)))
+                .collect(),
+            ..Self::default()
+        };
+        for ep in snapshot.endpoints.values() {
+            index
+                .pod_ips
+                .entry(pod_key(ep))
+                .or_default()
+                .insert(ep.spec.ip);
+        }
+        for (key, svc) in &snapshot.services {
+            for pod in backend_pods(svc) {
+                index.backend_of.entry(pod).or_default().insert(key.clone());
+            }
+        }
+        index
+    }
+
+    /// Backend addresses of `svc` (sorted, deduplicated), as [`service_endpoints`]
+    /// computes them, in time proportional to the service's backends.
+    fn backend_ips(&self, svc: &super::objects::Service) -> Vec<Ipv4Addr> {
+        let mut ips = BTreeSet::new();
+        for (ns, name) in backend_pods(svc) {
+            if let Some(set) = self.pod_ips.get(&(svc.spec.vpc.clone(), ns, name)) {
+                ips.extend(set.iter().copied());
+            }
+        }
+        ips.into_iter().collect()
+    }
+}
+
+fn pod_key(ep: &super::objects::EndpointAlloc) -> (String, String, String) {
+    (
+        ep.spec.vpc.clone(),
+        ep.spec.pod_namespace.clone(),
+        ep.spec.pod_name.clone(),
+    )
+}
+
+/// The gateway objects of one service (one per port), with backends from the index.
+fn service_objects(
+    snapshot: &Snapshot,
+    index: &Index,
+    svc: &super::objects::Service,
+) -> Vec<Object> {
+    let vni = snapshot
+        .vpcs
+        .get(&svc.spec.vpc)
+        .and_then(|v| v.status.as_ref())
+        .and_then(|s| s.vni);
+    let (Some(vni), Some(vip)) = (vni, svc.status.as_ref().and_then(|s| s.vip)) else {
+        return Vec::new();
+    };
+    let ips = index.backend_ips(svc);
+    svc.spec
+        .ports
+        .iter()
+        .map(|port| {
+            Object::Service(sluice_api::Service {
+                vni,
+                vip,
+                port: port.port,
+                protocol: port.protocol,
+                backends: ips
+                    .iter()
+                    .map(|&ip| Backend {
+                        ip,
+                        port: port.target(),
+                        weight: 1,
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// Per gateway, the transaction a change needs; gateways it does not touch are absent.
+pub type Changes = BTreeMap<String, Transaction>;
+
+fn upsert(changes: &mut Changes, tables: &mut GatewayTables, gateway: &str, object: Object) {
+    let key = object.key();
+    if tables.get(&key) == Some(&object) {
+        return;
+    }
+    tables.insert(key, object.clone());
+    changes
+        .entry(gateway.to_owned())
+        .or_default()
+        .upserts
+        .push(object);
+}
+
+fn remove(changes: &mut Changes, tables: &mut GatewayTables, gateway: &str, key: ObjectKey) {
+    if tables.remove(&key).is_some() {
+        changes
+            .entry(gateway.to_owned())
+            .or_default()
+            .deletes
+            .push(key);
+    }
+}
+
+/// Upserts the current objects of the services naming `pods` where a gateway holds them.
+fn refresh_services<'a>(
+    snapshot: &Snapshot,
+    tables: &mut BTreeMap<String, GatewayTables>,
+    index: &Index,
+    services: impl IntoIterator<Item = &'a String>,
+    changes: &mut Changes,
+) {
+    for key in services {
+        let Some(svc) = snapshot.services.get(key) else {
+            continue;
+        };
+        let objects = service_objects(snapshot, index, svc);
+        for (gateway, held) in tables.iter_mut() {
+            for object in &objects {
+                if held.contains_key(&object.key()) {
+                    upsert(changes, held, gateway, object.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Attaches (`attached`) or releases one endpoint: updates `tables` and `index` to what
+/// [`desired_tables`] computes for `snapshot`, which already has the change, and
+/// returns only what changed per gateway. Costs O(gateways × log(table size) + the
+/// backends of the pod's services), whatever the number of pods: the endpoint and its
+/// host go to (or leave) the gateways holding its subnet's bouncer or VPC's divider
+/// role, and the services naming the pod get their new backend lists.
+pub fn endpoint_change(
+    snapshot: &Snapshot,
+    placement: &Placement,
+    tables: &mut BTreeMap<String, GatewayTables>,
+    index: &mut Index,
+    ep: &super::objects::EndpointAlloc,
+    attached: bool,
+) -> Changes {
+    let mut changes = Changes::new();
+    let pod = pod_key(ep);
+    if attached {
+        index.pod_ips.entry(pod).or_default().insert(ep.spec.ip);
+    } else if let Some(set) = index.pod_ips.get_mut(&pod) {
+        set.remove(&ep.spec.ip);
+        if set.is_empty() {
+            index.pod_ips.remove(&pod);
+        }
+    }
+    let vni = ep.spec.vni;
+    let ep_key = ObjectKey::Endpoint {
+        vni,
+        ip: ep.spec.ip,
+    };
+    let subnet_key = snapshot
+        .subnets
+        .get(&ep.spec.subnet)
+        .map(|s| ObjectKey::Subnet {
+            vni,
+            cidr: s.spec.cidr,
+        });
+    let node = snapshot.nodes.get(&ep.spec.node).map(|n| Host {
+        ip: n.spec.ip,
+        mac: n.spec.mac,
+    });
+    let holds_role = |g: &String| {
+        placement
+            .dividers
+            .get(&ep.spec.vpc)
+            .is_some_and(|d| d.contains(g))
+            || placement
+                .bouncers
+                .get(&ep.spec.subnet)
+                .is_some_and(|b| b.contains(g))
+    };
+    for (gateway, held) in tables.iter_mut() {
+        let refs = index.host_refs.entry(gateway.clone()).or_default();
+        if attached {
+            let (Some(subnet_key), Some(host)) = (&subnet_key, &node) else {
+                continue;
+            };
+            if !holds_role(gateway) || !held.contains_key(subnet_key) {
+                continue;
+            }
+            let object = Object::Endpoint(Endpoint {
+                vni,
+                ip: ep.spec.ip,
+                mac: ep.spec.mac,
+                host: host.ip,
+            });
+            if held.contains_key(&ep_key) {
+                continue;
+            }
+            let count = refs.entry(host.ip).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                upsert(&mut changes, held, gateway, Object::Host(host.clone()));
+            }
+            upsert(&mut changes, held, gateway, object);
+        } else {
+            let Some(Object::Endpoint(old)) = held.get(&ep_key) else {
+                continue;
+            };
+            let host = old.host;
+            remove(&mut changes, held, gateway, ep_key);
+            if let Some(count) = refs.get_mut(&host) {
+                *count -= 1;
+                if *count == 0 {
+                    refs.remove(&host);
+                    remove(&mut changes, held, gateway, ObjectKey::Host { ip: host });
+                }
+            }
+        }
+    }
+    let named_by: Vec<String> = index
+        .backend_of
+        .get(&(ep.spec.pod_namespace.clone(), ep.spec.pod_name.clone()))
+        .into_iter()
+        .flatten()
+        .filter(|k| {
+            snapshot
+                .services
+                .get(*k)
+                .is_some_and(|s| s.spec.vpc == ep.spec.vpc)
+        })
+        .cloned()
+        .collect();
+    refresh_services(snapshot, tables, index, &named_by, &mut changes);
+    changes
+}
+
+/// A service whose backend list changed and nothing else (an EndpointSlice update, or
+/// a standalone re-apply with new backends): `snapshot` holds the new service, `old`
+/// is the one the tables were computed from. `None` when more than the backends changed
+/// (VPC, VIP, ports, or the service is new or gone): that needs a full recompute.
+pub fn backends_change(
+    snapshot: &Snapshot,
+    tables: &mut BTreeMap<String, GatewayTables>,
+    index: &mut Index,
+    key: &str,
+    old: &super::objects::Service,
+) -> Option<Changes> {
+    let new = snapshot.services.get(key)?;
+    let same_shape = new.spec.vpc == old.spec.vpc
+        && new.spec.ports == old.spec.ports
+        && new.status.as_ref().and_then(|s| s.vip) == old.status.as_ref().and_then(|s| s.vip);
+    if !same_shape {
+        return None;
+    }
+    for pod in backend_pods(old) {
+        if let Some(set) = index.backend_of.get_mut(&pod) {
+            set.remove(key);
+            if set.is_empty() {
+                index.backend_of.remove(&pod);
+            }
+        }
+    }
+    for pod in backend_pods(new) {
+        index
+            .backend_of
+            .entry(pod)
+            .or_default()
+            .insert(key.to_owned());
+    }
+    let mut changes = Changes::new();
+    refresh_services(
+        snapshot,
+        tables,
+        index,
+        std::iter::once(&key.to_owned()),
+        &mut changes,
+    );
+    Some(changes)
 }
 
 /// Order in which the gateway applies operations within a transaction: deletes of
@@ -548,6 +867,78 @@ mod tests {
                 }
                 prop_assert_eq!(&held, to);
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Attaching every endpoint one by one, then releasing them in another order,
+        /// keeps the incrementally maintained tables equal to a full recompute after
+        /// every step, and each step's changes replayed on the previous tables give the
+        /// new ones.
+        #[test]
+        fn incremental_endpoint_changes_equal_a_full_recompute(w in world(), seed in any::<u64>()) {
+            let full = snapshot(&w, false);
+            let placement = Placement::of(&full);
+            let mut snap = full.clone();
+            snap.endpoints.clear();
+            let mut tables = desired_tables(&snap, &placement);
+            let mut index = Index::of(&snap, &tables);
+            let mut order: Vec<String> = full.endpoints.keys().cloned().collect();
+            for (key, ep) in &full.endpoints {
+                snap.endpoints.insert(key.clone(), ep.clone());
+                let before = tables.clone();
+                let changes = endpoint_change(&snap, &placement, &mut tables, &mut index, ep, true);
+                prop_assert_eq!(&tables, &desired_tables(&snap, &placement), "after attaching {}", key);
+                for (g, txn) in &changes {
+                    let mut replay = before[g].clone();
+                    for k in &txn.deletes { replay.remove(k); }
+                    for o in &txn.upserts { replay.insert(o.key(), o.clone()); }
+                    prop_assert_eq!(&replay, &tables[g]);
+                }
+                // Only the gateways holding a role for the endpoint are touched.
+                for g in changes.keys() {
+                    prop_assert!(placement.dividers[&ep.spec.vpc].contains(g)
+                        || snap.subnets.iter().any(|(n, s)| s.spec.vpc == ep.spec.vpc && placement.bouncers[n].contains(g)));
+                }
+            }
+            // Release in a shuffled order.
+            let mut x = seed | 1;
+            for i in (1..order.len()).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                order.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            for key in order {
+                let ep = snap.endpoints.remove(&key).unwrap();
+                endpoint_change(&snap, &placement, &mut tables, &mut index, &ep, false);
+                prop_assert_eq!(&tables, &desired_tables(&snap, &placement), "after releasing {}", key);
+            }
+        }
+
+        /// A service's backend list changing alone is applied incrementally and equals a
+        /// full recompute.
+        #[test]
+        fn backend_changes_equal_a_full_recompute(w in world(), picks in prop::collection::vec(0usize..4, 0..4)) {
+            let mut snap = snapshot(&w, false);
+            let placement = Placement::of(&snap);
+            let mut tables = desired_tables(&snap, &placement);
+            let mut index = Index::of(&snap, &tables);
+            let key = "default/svc-0".to_owned();
+            let old = snap.services[&key].clone();
+            let mut new = old.clone();
+            new.spec.backends = picks.iter().map(|p| format!("pod-{p}").parse().unwrap()).collect();
+            new.spec.backends.dedup();
+            snap.services.insert(key.clone(), new);
+            let changes = backends_change(&snap, &mut tables, &mut index, &key, &old);
+            prop_assert!(changes.is_some());
+            prop_assert_eq!(&tables, &desired_tables(&snap, &placement));
+            // A changed port is not a backend change.
+            let mut ported = snap.services[&key].clone();
+            ported.spec.ports[0].port = 81;
+            let prev = snap.services[&key].clone();
+            snap.services.insert(key.clone(), ported);
+            prop_assert!(backends_change(&snap, &mut tables, &mut index, &key, &prev).is_none());
         }
     }
 

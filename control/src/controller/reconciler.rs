@@ -13,18 +13,25 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use sluice_api::client::{ClientTls, Target};
 
-use super::desired::{desired_tables, service_endpoints, GatewayTables};
-use super::objects::{ClusterObject, Kind};
+use super::desired::{
+    backends_change, desired_tables, endpoint_change, service_endpoints, Changes, GatewayTables,
+    Index,
+};
+use super::objects::EndpointSpec;
+use super::objects::{ClusterObject, EndpointAlloc, Kind, Service, Subnet};
 use super::placement::Placement;
-use super::source::{ObjectSource, Snapshot, SourceError};
+use super::source::{AttachRequest, ObjectSource, Snapshot, SourceError};
 use super::syncer::GatewayLink;
 
-/// What the last reconcile computed.
+/// What the last reconcile computed, kept current by the incremental paths.
 #[derive(Debug, Default)]
 struct Desired {
+    /// Whether a full reconcile has run; before it, changes take the full path.
+    computed: bool,
     snapshot: Snapshot,
     placement: Placement,
-    tables: BTreeMap<String, Arc<GatewayTables>>,
+    tables: BTreeMap<String, GatewayTables>,
+    index: Index,
 }
 
 /// The standalone or Kubernetes controller, over any [`ObjectSource`].
@@ -71,14 +78,14 @@ impl Controller {
     }
 
     /// Recomputes every gateway's tables from the source and pushes the differences.
+    /// O(cluster): for changes to VPCs, subnets, services and gateways; endpoints and
+    /// backend lists take [`attach`](Self::attach), [`detach`](Self::detach) and
+    /// [`update_backends`](Self::update_backends).
     pub async fn reconcile(&self) -> Result<Reconciled, SourceError> {
         let mut desired = self.desired.lock().await;
         let snapshot = self.source.snapshot()?;
         let placement = Placement::of(&snapshot);
-        let tables: BTreeMap<String, Arc<GatewayTables>> = desired_tables(&snapshot, &placement)
-            .into_iter()
-            .map(|(g, t)| (g, Arc::new(t)))
-            .collect();
+        let tables = desired_tables(&snapshot, &placement);
         let links = self.update_links(&snapshot);
         let before = self.apply_calls();
         let work: Vec<_> = links
@@ -90,7 +97,7 @@ impl Controller {
                     // An unchanged gateway that is in sync needs nothing; `sync` finds
                     // an empty delta itself, but skipping avoids the diff.
                     let result = if changed || !link.status().in_sync {
-                        link.sync(want).await
+                        link.sync(Arc::new(want)).await
                     } else {
                         Ok(())
                     };
@@ -105,15 +112,133 @@ impl Controller {
                 failed.push(name);
             }
         }
+        let index = Index::of(&snapshot, &tables);
         *desired = Desired {
+            computed: true,
             snapshot,
             placement,
             tables,
+            index,
         };
         Ok(Reconciled {
             apply_calls: self.apply_calls() - before,
             failed,
         })
+    }
+
+    /// Sends each touched gateway its change (one `Apply` each while in sync).
+    async fn push(&self, desired: &Desired, changes: Changes) -> Reconciled {
+        let links = self.links().clone();
+        let before = self.apply_calls();
+        let work: Vec<_> = changes
+            .iter()
+            .filter_map(|(name, txn)| {
+                let link = links.get(name)?.clone();
+                let want = desired.tables.get(name)?;
+                Some(async move { (name.clone(), link.apply_change(txn, want).await) })
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for (name, result) in join_all(work).await {
+            if let Err(e) = result {
+                tracing::warn!(gateway = %name, error = %e, "gateway not updated; will re-sync");
+                failed.push(name);
+            }
+        }
+        Reconciled {
+            apply_calls: self.apply_calls() - before,
+            failed,
+        }
+    }
+
+    /// Allocates (or finds) the endpoint of one pod interface and pushes only what it
+    /// changes: the endpoint and its host to the gateways holding its subnet's bouncer
+    /// or VPC's divider role, new backend lists to those holding services naming the
+    /// pod. Cost is independent of the number of pods. Returns the allocation, whether
+    /// it already existed (then nothing is sent), and what was sent.
+    pub async fn attach(
+        &self,
+        request: &AttachRequest,
+    ) -> Result<(EndpointAlloc, bool, Reconciled), SourceError> {
+        let mut desired = self.desired.lock().await;
+        let key =
+            EndpointSpec::attachment(&request.node, &request.container_id, &request.interface);
+        let existed = desired.computed && desired.snapshot.endpoints.contains_key(&key);
+        let alloc = self.source.attach(request)?;
+        if existed {
+            return Ok((alloc, true, Reconciled::default()));
+        }
+        if !desired.computed {
+            drop(desired);
+            let done = self.reconcile().await?;
+            return Ok((alloc, false, done));
+        }
+        let d = &mut *desired;
+        d.snapshot.endpoints.insert(key, alloc.clone());
+        let changes = endpoint_change(
+            &d.snapshot,
+            &d.placement,
+            &mut d.tables,
+            &mut d.index,
+            &alloc,
+            true,
+        );
+        let done = self.push(d, changes).await;
+        Ok((alloc, false, done))
+    }
+
+    /// Releases the endpoint of one pod interface, pushing only what that changes;
+    /// `None` when nothing was attached.
+    pub async fn detach(
+        &self,
+        node: &str,
+        container_id: &str,
+        interface: &str,
+    ) -> Result<Option<(EndpointAlloc, Reconciled)>, SourceError> {
+        let mut desired = self.desired.lock().await;
+        let Some(alloc) = self.source.detach(node, container_id, interface)? else {
+            return Ok(None);
+        };
+        if !desired.computed {
+            drop(desired);
+            let done = self.reconcile().await?;
+            return Ok(Some((alloc, done)));
+        }
+        let d = &mut *desired;
+        d.snapshot.endpoints.remove(alloc.name());
+        let changes = endpoint_change(
+            &d.snapshot,
+            &d.placement,
+            &mut d.tables,
+            &mut d.index,
+            &alloc,
+            false,
+        );
+        let done = self.push(d, changes).await;
+        Ok(Some((alloc, done)))
+    }
+
+    /// After the source took a new version of service `key` (`namespace/name`): when
+    /// only its backend list changed, pushes the new backend lists alone; otherwise a
+    /// full reconcile.
+    pub async fn update_backends(
+        &self,
+        key: &str,
+        service: Service,
+    ) -> Result<Reconciled, SourceError> {
+        let mut desired = self.desired.lock().await;
+        let d = &mut *desired;
+        let old = d.snapshot.services.get(key).cloned();
+        if let (true, Some(old)) = (d.computed, old) {
+            d.snapshot.services.insert(key.to_owned(), service);
+            if let Some(changes) =
+                backends_change(&d.snapshot, &mut d.tables, &mut d.index, key, &old)
+            {
+                return Ok(self.push(d, changes).await);
+            }
+        }
+        drop(desired);
+        self.reconcile().await
     }
 
     /// Makes the links match the registered gateways: new ones for new or moved
@@ -248,6 +373,16 @@ impl Controller {
         })
     }
 
+    /// Subnet `name` as of the last reconcile (from the source before the first).
+    pub async fn subnet(&self, name: &str) -> Result<Option<Subnet>, SourceError> {
+        let desired = self.desired.lock().await;
+        if desired.computed {
+            return Ok(desired.snapshot.subnets.get(name).cloned());
+        }
+        drop(desired);
+        Ok(self.source.snapshot()?.subnets.remove(name))
+    }
+
     /// The bouncer gateways of `subnet`, in placement order, with their hosts.
     pub async fn bouncers(&self, subnet: &str) -> Vec<sluice_api::Host> {
         let desired = self.desired.lock().await;
@@ -268,10 +403,6 @@ impl Controller {
     /// The tables the last reconcile computed for `gateway`.
     pub async fn desired_for(&self, gateway: &str) -> GatewayTables {
         let desired = self.desired.lock().await;
-        desired
-            .tables
-            .get(gateway)
-            .map(|t| (**t).clone())
-            .unwrap_or_default()
+        desired.tables.get(gateway).cloned().unwrap_or_default()
     }
 }

@@ -153,26 +153,20 @@ impl pb::controller_server::Controller for ControllerService {
             pod_name: req.pod_name,
             network: req.network,
         };
-        let before = self
+        let (alloc, _existed, done) = self
             .controller
-            .source()
-            .snapshot()
-            .map_err(|e| status(&e))?;
-        let key = super::objects::EndpointSpec::attachment(
-            &attach.node,
-            &attach.container_id,
-            &attach.interface,
-        );
-        let existed = before.endpoints.contains_key(&key);
-        let alloc = self
-            .controller
-            .source()
             .attach(&attach)
+            .await
             .map_err(|e| status(&e))?;
-        let apply_calls = if existed { 0 } else { self.reconcile().await? };
-        let subnet = before.subnets.get(&alloc.spec.subnet).ok_or_else(|| {
-            Status::not_found(format!("network: subnet {} is gone", alloc.spec.subnet))
-        })?;
+        let apply_calls = done.apply_calls;
+        let subnet = self
+            .controller
+            .subnet(&alloc.spec.subnet)
+            .await
+            .map_err(|e| status(&e))?
+            .ok_or_else(|| {
+                Status::not_found(format!("network: subnet {} is gone", alloc.spec.subnet))
+            })?;
         let sub_status = subnet.status.clone().unwrap_or_default();
         let bouncers = self.controller.bouncers(&alloc.spec.subnet).await;
         tracing::info!(ip = %alloc.spec.ip, subnet = %alloc.spec.subnet, apply_calls, "endpoint attached");
@@ -210,13 +204,13 @@ impl pb::controller_server::Controller for ControllerService {
         };
         let released = self
             .controller
-            .source()
             .detach(&req.node, &req.container_id, interface)
+            .await
             .map_err(|e| status(&e))?;
         let apply_calls = match &released {
-            Some(alloc) => {
-                tracing::info!(ip = %alloc.spec.ip, "endpoint released");
-                self.reconcile().await?
+            Some((alloc, done)) => {
+                tracing::info!(ip = %alloc.spec.ip, apply_calls = done.apply_calls, "endpoint released");
+                done.apply_calls
             }
             None => 0,
         };

@@ -120,6 +120,56 @@ impl GatewayLink {
         self.sync_locked(&mut state, &want).await
     }
 
+    /// Applies one change (what an attach, release or backend update needs on this
+    /// gateway): the tables the link aims for take `txn`, and a gateway whose tables are
+    /// known gets exactly `txn` in one `Apply` (chunked only when it is over the
+    /// limit). A gateway whose tables are not known, or that restarted, gets a full sync
+    /// to `want`, the controller's whole desired set for it, which is cloned only then.
+    pub async fn apply_change(
+        &self,
+        txn: &Transaction,
+        want: &GatewayTables,
+    ) -> Result<(), SyncError> {
+        let mut state = self.state.lock().await;
+        if state.held.is_none() || state.want.is_none() {
+            let want = Arc::new(want.clone());
+            state.want = Some(Arc::clone(&want));
+            return self.sync_locked(&mut state, &want).await;
+        }
+        if let Some(aim) = state.want.as_mut() {
+            replay(Arc::make_mut(aim), txn);
+        }
+        if txn.upserts.is_empty() && txn.deletes.is_empty() {
+            return Ok(());
+        }
+        let known = state.boot_id.clone();
+        let mut restarted = false;
+        for part in chunks(txn.clone(), CHUNK_BYTES) {
+            match self.apply(&mut state, part).await {
+                Ok(boot_id) => {
+                    if known.as_deref() != Some(boot_id.as_str()) {
+                        restarted = true;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    self.forget(&mut state, &e);
+                    return Err(e);
+                }
+            }
+        }
+        if restarted {
+            tracing::info!(gateway = %self.name, "gateway restarted; re-syncing");
+            state.held = None;
+            let want = state.want.clone().unwrap_or_default();
+            return self.sync_locked(&mut state, &want).await;
+        }
+        if let Some(held) = state.held.as_mut() {
+            replay(held, txn);
+        }
+        Ok(())
+    }
+
     /// Asks the gateway for its boot id and generation; a restart (new boot id, or a
     /// generation lower than the last one it reported) means it lost its tables, so it
     /// gets a full sync. Then brings it to what the last sync asked for (nothing before
@@ -335,5 +385,15 @@ impl GatewayLink {
             }
         }
         Ok(held)
+    }
+}
+
+/// `tables` after `txn`: deletes, then upserts.
+fn replay(tables: &mut GatewayTables, txn: &Transaction) {
+    for key in &txn.deletes {
+        tables.remove(key);
+    }
+    for object in &txn.upserts {
+        tables.insert(object.key(), object.clone());
     }
 }

@@ -1,0 +1,13 @@
+//! Kubernetes mode of `sluice-controller`: the same object model, placement, desired
+//! tables and gateway programming as standalone mode; only where objects come from
+//! differs.
+//!
+//! * [`crd`]: the `Vpc` and `Subnet` custom resources, their generated CRDs, and their
+//!   translation to the object model.
+//! * [`model`]: pure functions from Pods, Namespaces, Services and EndpointSlices to the
+//!   object model (networks from annotations, ready endpoints, named ports).
+//! * [`lease`]: leader election over a `coordination.k8s.io` Lease.
+//! * [`operator`]: the watchers and reconcilers (finalizers, status by server-side
+//!   apply, requeue with backoff) feeding the controller.
+pub mod crd;
+pub mod model;
