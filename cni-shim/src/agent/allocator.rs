@@ -14,7 +14,8 @@ use serde::Deserialize;
 use sluice_api::client::{connect, Target};
 use sluice_api::proto::v1::controller_client::ControllerClient;
 use sluice_api::proto::v1::{
-    AttachEndpointRequest, DetachEndpointRequest, RegisterNodeRequest, UnderlayHost,
+    AttachEndpointRequest, DetachEndpointRequest, ListObjectsRequest, RegisterNodeRequest,
+    UnderlayHost,
 };
 use sluice_api::{Ipv4Cidr, MacAddr};
 
@@ -45,6 +46,11 @@ pub struct Allocation {
     pub mtu: Option<u32>,
     pub vpc: String,
     pub subnet: String,
+    /// Underlay hosts the node did not know when it asked (workers that registered since,
+    /// with their MACs), so direct traffic to their pods finds a neighbour. Not recorded:
+    /// it describes the cluster at the time of the attach, not the pod.
+    #[serde(skip)]
+    pub new_neighbors: Vec<UnderlayNeighbor>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -296,6 +302,8 @@ impl StaticAllocator {
             mtu: None,
             vpc: s.vpc.clone(),
             subnet: s.name.clone(),
+            // The file's workers are all announced at register time.
+            new_neighbors: Vec::new(),
         }
     }
 
@@ -424,11 +432,49 @@ impl Allocator for StaticAllocator {
     }
 }
 
+/// One controller call: on a broken channel, a reconnect and one more try (every call
+/// is idempotent). `$req` is evaluated per try.
+macro_rules! call {
+    ($self:ident, $method:ident, $req:expr) => {{
+        let mut outcome = $self.client().await?.$method($req).await;
+        if let Err(status) = &outcome {
+            if $self.is_broken(status).await {
+                outcome = $self.client().await?.$method($req).await;
+            }
+        }
+        match outcome {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(status) => Err($self.failed(status).await),
+        }
+    }};
+}
+
 /// The controller's `sluice.v1.Controller` service.
+///
+/// Besides addresses, the controller is where a node learns the other workers' underlay
+/// MACs (the stubs send direct traffic to them): `RegisterNode` names the gateways, and
+/// the registered nodes are listed (`ListObjects` of kind `Node`) at registration and
+/// again on the first attach and then at most once per [`PEER_REFRESH`], so a worker that
+/// joined later is learned by the next ADD. The channel is opened once and reused; a call
+/// that finds it broken (a restarted controller) reconnects and is tried once more, which
+/// is safe because every call is idempotent.
 #[derive(Debug)]
 pub struct ControllerAllocator {
     target: Target,
     text: String,
+    channel: tokio::sync::Mutex<Option<tonic::transport::Channel>>,
+    peers: Mutex<Peers>,
+}
+
+/// How often an attach may list the registered nodes again.
+pub const PEER_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+struct Peers {
+    /// This node's underlay address (not its own neighbour).
+    own: Option<Ipv4Addr>,
+    known: HashMap<Ipv4Addr, [u8; 6]>,
+    listed_at: Option<std::time::Instant>,
 }
 
 impl ControllerAllocator {
@@ -440,10 +486,16 @@ impl ControllerAllocator {
         Ok(ControllerAllocator {
             target: parsed,
             text: target.to_owned(),
+            channel: tokio::sync::Mutex::new(None),
+            peers: Mutex::new(Peers::default()),
         })
     }
 
     async fn client(&self) -> Result<ControllerClient<tonic::transport::Channel>, AllocError> {
+        let mut cached = self.channel.lock().await;
+        if let Some(channel) = cached.as_ref() {
+            return Ok(ControllerClient::new(channel.clone()));
+        }
         // TLS material for https:// controllers is not configurable yet: a Unix socket
         // (or a local proxy) is the supported way to reach the controller.
         let channel = connect(&self.target, None)
@@ -452,8 +504,89 @@ impl ControllerAllocator {
                 target: self.text.clone(),
                 message: e.to_string(),
             })?;
+        *cached = Some(channel.clone());
         Ok(ControllerClient::new(channel))
     }
+
+    /// Whether a call failed for want of a connection; if so, the cached channel is
+    /// dropped so the next call reconnects (a restarted controller has a new socket).
+    async fn is_broken(&self, status: &tonic::Status) -> bool {
+        // A connection the controller closed surfaces as Unknown with a transport error
+        // as its source, not always as Unavailable.
+        let transport =
+            std::error::Error::source(status).is_some_and(|e| e.is::<tonic::transport::Error>());
+        let broken = status.code() == tonic::Code::Unavailable || transport;
+        if broken {
+            *self.channel.lock().await = None;
+        }
+        broken
+    }
+
+    /// Maps a failed call to the allocator's terms.
+    async fn failed(&self, status: tonic::Status) -> AllocError {
+        if self.is_broken(&status).await {
+            return AllocError::Unreachable {
+                target: self.text.clone(),
+                message: status.message().to_owned(),
+            };
+        }
+        refused(status)
+    }
+
+    /// The registered nodes' underlay hosts this node has not learned yet: all of them
+    /// when registering; on an attach, those that are new or changed, when no attach
+    /// has listed them in the last [`PEER_REFRESH`].
+    async fn new_peers(&self, registering: bool) -> Result<Vec<UnderlayNeighbor>, AllocError> {
+        let due = {
+            let p = self.peers.lock().expect("peers lock");
+            registering || p.listed_at.is_none_or(|t| t.elapsed() >= PEER_REFRESH)
+        };
+        if !due {
+            return Ok(Vec::new());
+        }
+        let reply = call!(
+            self,
+            list_objects,
+            ListObjectsRequest {
+                kind: "Node".into(),
+            }
+        )?;
+        let mut listed = Vec::new();
+        for o in &reply.objects {
+            listed.push(node_host(&o.json)?);
+        }
+        let mut p = self.peers.lock().expect("peers lock");
+        if !registering {
+            p.listed_at = Some(std::time::Instant::now());
+        }
+        let own = p.own;
+        let mut fresh = Vec::new();
+        for (ip, mac) in listed {
+            if Some(ip) == own {
+                continue;
+            }
+            if registering || p.known.get(&ip) != Some(&mac) {
+                p.known.insert(ip, mac);
+                fresh.push((ip, mac));
+            }
+        }
+        Ok(fresh)
+    }
+}
+
+/// A `Node` object's underlay host, from its JSON (`spec.ip`, `spec.mac`).
+fn node_host(json: &str) -> Result<UnderlayNeighbor, AllocError> {
+    let v: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| AllocError::BadReply(format!("a Node object: {e}")))?;
+    let field = |f: &str| {
+        v["spec"][f]
+            .as_str()
+            .ok_or_else(|| AllocError::BadReply(format!("a Node object: spec.{f} is missing")))
+    };
+    host_of(&UnderlayHost {
+        ip: field("ip")?.to_owned(),
+        mac: field("mac")?.to_owned(),
+    })
 }
 
 fn host_of(h: &UnderlayHost) -> Result<UnderlayNeighbor, AllocError> {
@@ -479,41 +612,63 @@ impl Allocator for ControllerAllocator {
         ip: Ipv4Addr,
         mac: [u8; 6],
     ) -> Result<Vec<UnderlayNeighbor>, AllocError> {
-        let reply = self
-            .client()
-            .await?
-            .register_node(RegisterNodeRequest {
+        self.peers.lock().expect("peers lock").own = Some(ip);
+        let reply = call!(
+            self,
+            register_node,
+            RegisterNodeRequest {
                 node: node.to_owned(),
                 underlay: Some(UnderlayHost {
                     ip: ip.to_string(),
                     mac: MacAddr(mac).to_string(),
                 }),
-            })
-            .await
-            .map_err(refused)?
-            .into_inner();
-        reply.gateways.iter().map(host_of).collect()
+            }
+        )?;
+        let mut hosts = reply
+            .gateways
+            .iter()
+            .map(host_of)
+            .collect::<Result<Vec<_>, _>>()?;
+        hosts.extend(self.new_peers(true).await?);
+        Ok(hosts)
     }
 
     async fn attach(&self, req: &AttachRequest) -> Result<Allocation, AllocError> {
-        let r = self
-            .client()
-            .await?
-            .attach_endpoint(AttachEndpointRequest {
+        let r = call!(
+            self,
+            attach_endpoint,
+            AttachEndpointRequest {
                 node: req.node.clone(),
                 container_id: req.container_id.clone(),
                 interface: req.ifname.clone(),
                 pod_namespace: req.pod_namespace.clone(),
                 pod_name: req.pod_name.clone(),
                 network: req.network.clone(),
-            })
-            .await
-            .map_err(refused)?
-            .into_inner();
+            }
+        )?;
         let addr = |field: &str, v: &str| {
             v.parse::<Ipv4Addr>()
                 .map_err(|_| AllocError::BadReply(format!("{field} {v:?}")))
         };
+        let bouncers: Vec<UnderlayNeighbor> =
+            r.bouncers.iter().map(host_of).collect::<Result<_, _>>()?;
+        if bouncers.is_empty() {
+            // No gateway holds the subnet's bouncer role (none registered): the pod
+            // could not reach anything. Refuse rather than attach a dead interface, and
+            // give the address back (the agent only releases what it accepted).
+            self.detach(&req.node, &req.container_id, &req.ifname)
+                .await?;
+            return Err(AllocError::Refused(format!(
+                "subnet {}/{} has no bouncer gateway yet (register a gateway first)",
+                r.vpc, r.subnet
+            )));
+        }
+        // A failed listing costs only direct paths to nodes that joined meanwhile (the
+        // bouncers still reach them), so it does not fail the attach.
+        let new_neighbors = self.new_peers(false).await.unwrap_or_else(|e| {
+            tracing::warn!("listing the registered nodes: {e}");
+            Vec::new()
+        });
         Ok(Allocation {
             vni: r.vni,
             ip: addr("ip", &r.ip)?,
@@ -524,10 +679,11 @@ impl Allocator for ControllerAllocator {
             mac: mac_of(&r.mac, "mac").map_err(AllocError::BadReply)?,
             router_ip: addr("router_ip", &r.router_ip)?,
             router_mac: mac_of(&r.router_mac, "router_mac").map_err(AllocError::BadReply)?,
-            bouncers: r.bouncers.iter().map(host_of).collect::<Result<_, _>>()?,
+            bouncers,
             mtu: (r.mtu != 0).then_some(r.mtu),
             vpc: r.vpc,
             subnet: r.subnet,
+            new_neighbors,
         })
     }
 
@@ -537,22 +693,28 @@ impl Allocator for ControllerAllocator {
         container_id: &str,
         ifname: &str,
     ) -> Result<bool, AllocError> {
-        Ok(self
-            .client()
-            .await?
-            .detach_endpoint(DetachEndpointRequest {
+        call!(
+            self,
+            detach_endpoint,
+            DetachEndpointRequest {
                 node: node.to_owned(),
                 container_id: container_id.to_owned(),
                 interface: ifname.to_owned(),
-            })
-            .await
-            .map_err(refused)?
-            .into_inner()
-            .released)
+            }
+        )
+        .map(|r| r.released)
     }
 
     async fn reachable(&self) -> Result<(), AllocError> {
-        self.client().await.map(|_| ())
+        // Connecting proves little for a cached channel: ask for something cheap.
+        call!(
+            self,
+            list_objects,
+            ListObjectsRequest {
+                kind: "Gateway".into(),
+            }
+        )
+        .map(|_| ())
     }
 }
 

@@ -1,0 +1,243 @@
+//! The node agent's controller client (`ControllerAllocator`) against the real
+//! `sluice-controller` binary: registering nodes (gateways and the other workers come
+//! back as underlay neighbours), attaching pods (address, router, bouncers, MTU; idempotent;
+//! a worker that joined later comes back once), errors in the allocator's terms, detach,
+//! and a controller restart that keeps every allocation and reconnects the client.
+//!
+//! The gateway object points at a socket nobody serves: the controller tolerates an
+//! unreachable gateway (it re-syncs it later), and what is under test here is the
+//! allocation, not the forwarding (scripts/demo.sh runs the whole path). No root needed.
+//! Needs the `sluice-controller` binary of the same profile (built by `cargo test
+//! --workspace`; otherwise `cargo build -p sluice-control --bin sluice-controller`).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sluice_cni::agent::allocator::{
+    AllocError, Allocator, AttachRequest, ControllerAllocator, PEER_REFRESH,
+};
+use sluice_cni::api::client::{connect, Target};
+use sluice_cni::api::proto::v1::controller_client::ControllerClient;
+use sluice_cni::api::proto::v1::{ApplyObjectsRequest, ClusterObject};
+
+const GW: (Ipv4Addr, [u8; 6]) = (Ipv4Addr::new(198, 18, 0, 1), [2, 0, 0, 0, 0, 1]);
+const N1: (Ipv4Addr, [u8; 6]) = (Ipv4Addr::new(198, 18, 0, 11), [2, 0, 0, 0, 0, 0x11]);
+const N2: (Ipv4Addr, [u8; 6]) = (Ipv4Addr::new(198, 18, 0, 12), [2, 0, 0, 0, 0, 0x12]);
+
+fn controller_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("sluice-controller");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p sluice-control --bin sluice-controller` \
+         (same profile) first, or `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+/// The controller process, killed by its PID on drop.
+struct Controller {
+    child: Option<Child>,
+    socket: PathBuf,
+    store: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Controller {
+    fn start(dir: &Path) -> Self {
+        let mut c = Controller {
+            child: None,
+            socket: dir.join("controller.sock"),
+            store: dir.join("controller.redb"),
+            stderr: dir.join("controller.stderr"),
+        };
+        c.spawn();
+        c
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr)
+            .expect("stderr file");
+        let child = Command::new(controller_bin())
+            .arg("--store")
+            .arg(&self.store)
+            .arg("--listen")
+            .arg(self.url())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("starting sluice-controller");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket.exists() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("wait") {
+                self.child = None;
+                panic!("sluice-controller exited ({status}): {}", self.stderr());
+            }
+            assert!(Instant::now() < deadline, "no socket: {}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn apply(controller: &Controller, docs: &[&str]) {
+    let target: Target = controller.url().parse().expect("target");
+    let channel = connect(&target, None).await.expect("connect");
+    ControllerClient::new(channel)
+        .apply_objects(ApplyObjectsRequest {
+            objects: docs
+                .iter()
+                .map(|d| ClusterObject {
+                    json: (*d).to_owned(),
+                })
+                .collect(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("apply: {e}: {}", controller.stderr()));
+}
+
+fn pod(node: &str, cid: &str, network: &str) -> AttachRequest {
+    AttachRequest {
+        node: node.into(),
+        container_id: cid.into(),
+        ifname: "eth0".into(),
+        pod_namespace: "default".into(),
+        pod_name: cid.into(),
+        network: network.into(),
+    }
+}
+
+const OBJECTS: [&str; 3] = [
+    r#"{"apiVersion":"sluice.dev/v1alpha1","kind":"Vpc","metadata":{"name":"blue"},
+        "spec":{"cidr":"10.0.0.0/16","serviceCidr":"10.96.0.0/16"}}"#,
+    r#"{"apiVersion":"sluice.dev/v1alpha1","kind":"Subnet","metadata":{"name":"blue-a"},
+        "spec":{"vpc":"blue","cidr":"10.0.1.0/29"}}"#,
+    r#"{"apiVersion":"sluice.dev/v1alpha1","kind":"Gateway","metadata":{"name":"gw1"},
+        "spec":{"ip":"198.18.0.1","mac":"02:00:00:00:00:01","control":"unix:///nonexistent/sluice-gw.sock"}}"#,
+];
+
+/// Retries `f` while the controller is unreachable (it is restarting).
+async fn patiently<T>(mut f: impl AsyncFnMut() -> Result<T, AllocError>) -> Result<T, AllocError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match f().await {
+            Err(AllocError::Unreachable { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_node_agents_client_allocates_from_the_real_controller() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut controller = Controller::start(dir.path());
+    apply(&controller, &OBJECTS).await;
+
+    // Registering: the gateway comes back; the second node also learns the first.
+    let n1 = ControllerAllocator::new(&controller.url()).expect("target");
+    let n2 = ControllerAllocator::new(&controller.url()).expect("target");
+    let hosts = n1.register("n1", N1.0, N1.1).await.expect("register n1");
+    assert_eq!(hosts, vec![GW], "n1 is alone with the gateway");
+    let hosts = n2.register("n2", N2.0, N2.1).await.expect("register n2");
+    assert_eq!(hosts, vec![GW, N1], "n2 learns the gateway and n1");
+
+    // Attaching: the controller's allocation, in the agent's terms.
+    tokio::time::sleep(PEER_REFRESH + Duration::from_millis(100)).await;
+    let a = n1.attach(&pod("n1", "pod-a", "blue/blue-a")).await;
+    let a = a.unwrap_or_else(|e| panic!("attach: {e}: {}", controller.stderr()));
+    assert_eq!(a.ip, Ipv4Addr::new(10, 0, 1, 2));
+    assert_eq!(
+        (a.prefix_len, a.router_ip),
+        (29, Ipv4Addr::new(10, 0, 1, 1))
+    );
+    assert_eq!(a.mac, [0x0a, 0x58, 10, 0, 1, 2]);
+    assert_eq!(a.bouncers, vec![GW]);
+    assert_eq!(a.mtu, Some(1400), "the default underlay MTU minus 100");
+    assert_eq!((a.vpc.as_str(), a.subnet.as_str()), ("blue", "blue-a"));
+    assert_ne!(a.vni, 0);
+    assert_eq!(
+        a.new_neighbors,
+        vec![N2],
+        "n1 learns n2, which registered after it, on its next attach"
+    );
+    let again = n1.attach(&pod("n1", "pod-a", "blue/blue-a")).await;
+    let again = again.expect("attach again");
+    assert_eq!(again.ip, a.ip, "attach is idempotent");
+    assert!(again.new_neighbors.is_empty(), "n2 is not announced twice");
+
+    // Refusals keep their meaning.
+    let e = n1
+        .attach(&pod("n1", "pod-x", "blue/nope"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AllocError::UnknownNetwork(_)), "{e}");
+    let b = n2.attach(&pod("n2", "pod-b", "blue/blue-a")).await;
+    let b = b.expect("attach pod-b");
+    assert_eq!(b.ip, Ipv4Addr::new(10, 0, 1, 3));
+    for i in 0..3 {
+        n2.attach(&pod("n2", &format!("fill-{i}"), "blue/blue-a"))
+            .await
+            .expect("room for .4 to .6");
+    }
+    let e = n2.attach(&pod("n2", "one-too-many", "")).await.unwrap_err();
+    assert!(matches!(e, AllocError::Exhausted(_)), "{e}");
+    assert!(n2.detach("n2", "fill-2", "eth0").await.expect("detach"));
+    assert!(!n2.detach("n2", "fill-2", "eth0").await.expect("idempotent"));
+    n1.reachable().await.expect("reachable");
+
+    // A controller restart on the same store: nothing lost, nothing handed out twice,
+    // and the clients' cached channels find the new process.
+    controller.kill();
+    let e = n1.reachable().await.unwrap_err();
+    assert!(matches!(e, AllocError::Unreachable { .. }), "{e}");
+    controller.spawn();
+    let kept = patiently(async || n1.attach(&pod("n1", "pod-a", "blue/blue-a")).await).await;
+    assert_eq!(kept.expect("pod-a after the restart").ip, a.ip);
+    let kept = patiently(async || n2.attach(&pod("n2", "pod-b", "blue/blue-a")).await).await;
+    assert_eq!(kept.expect("pod-b after the restart").ip, b.ip);
+    let c = n2.attach(&pod("n2", "pod-c", "blue/blue-a")).await;
+    assert_eq!(
+        c.expect("pod-c").ip,
+        Ipv4Addr::new(10, 0, 1, 6),
+        "the one address released before the restart, no other"
+    );
+    let hosts = patiently(async || n1.register("n1", N1.0, N1.1).await).await;
+    assert_eq!(hosts.expect("register again"), vec![GW, N2]);
+}
