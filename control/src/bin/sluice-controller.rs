@@ -1,4 +1,4 @@
-//! sluice-controller, standalone mode: objects and allocations in a local redb store,
+//! sluice-controller. Standalone mode: objects and allocations in a local redb store,
 //! gateways programmed over gRPC, `sluice.v1.Controller` served to node agents and
 //! sluicectl.
 //!
@@ -6,6 +6,10 @@
 //! sluice-controller --store /var/lib/sluice/controller.redb \
 //!     --listen unix:///run/sluice/controller.sock
 //! ```
+//!
+//! Kubernetes mode (`--mode kubernetes`): VPCs and subnets from the `Vpc`/`Subnet`
+//! CRDs, services from ClusterIP Services and their EndpointSlices, pod networks from
+//! annotations; one replica leads through a Lease and exits if it loses it.
 //!
 //! Fails with one line (`sluice-controller: WHAT: WHY`) and exit code 1.
 #![forbid(unsafe_code)]
@@ -21,12 +25,14 @@ use sluice_api::client::ClientTls;
 use sluice_control::controller::server::{self, ListenAddr, ServerTls};
 use sluice_control::controller::service::ControllerService;
 use sluice_control::controller::{Controller, Store};
+use sluice_control::kubernetes::lease::Elector;
+use sluice_control::kubernetes::operator::{self, Caches, KubeSource};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "sluice-controller",
     version,
-    about = "Sluice's controller, standalone mode"
+    about = "Sluice's controller (standalone or Kubernetes mode)"
 )]
 struct Args {
     /// The embedded store (created if missing).
@@ -59,6 +65,26 @@ struct Args {
     /// The underlay MTU; pods get this minus the encapsulation overhead.
     #[arg(long, default_value_t = 1500)]
     underlay_mtu: u32,
+    /// `standalone` (objects from sluicectl) or `kubernetes` (Vpc and Subnet CRDs,
+    /// Services, EndpointSlices and Pods from the API server; in-cluster config or
+    /// KUBECONFIG).
+    #[arg(long, value_enum, default_value_t = Mode::Standalone)]
+    mode: Mode,
+    /// Kubernetes mode: the namespace of the leader-election Lease and the gateway pods.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "sluice-system")]
+    namespace: String,
+    /// Kubernetes mode: this replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME", default_value = "sluice-controller")]
+    identity: String,
+    /// Kubernetes mode: seconds a leader's Lease lasts without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Standalone,
+    Kubernetes,
 }
 
 fn main() -> ExitCode {
@@ -116,8 +142,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the store's directory {}", dir.display()))?;
     }
-    let store = Store::open(&args.store)?;
-    let controller = Controller::new(Arc::new(store), gateway_tls);
+    let store = Arc::new(Store::open(&args.store)?);
+    let mut kube = None;
+    let controller = match args.mode {
+        Mode::Standalone => Controller::new(store.clone(), gateway_tls),
+        Mode::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API")?;
+            // Only the leader programs gateways and serves: a replica waits here.
+            let elector = Elector::new(
+                kube::Api::namespaced(client.clone(), &args.namespace),
+                "sluice-controller",
+                &args.identity,
+                Duration::from_secs(args.lease_seconds.max(3)),
+            );
+            elector.acquire().await;
+            let caches = Caches::new();
+            let source = KubeSource::new(
+                store.clone(),
+                caches.pods.clone(),
+                caches.namespaces.clone(),
+            );
+            let namespaces = caches.namespaces.clone();
+            tokio::spawn(caches.run(client.clone()));
+            let controller = Controller::new(Arc::new(source), gateway_tls);
+            kube = Some((client, elector, namespaces, controller.clone()));
+            controller
+        }
+    };
     // Push what the store holds to every registered gateway before serving.
     let first = controller.reconcile().await?;
     tracing::info!(
@@ -127,10 +180,44 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "store opened, gateways synced"
     );
     let _checks = controller.spawn_checks(Duration::from_millis(args.check_interval_ms.max(50)));
+    let lost = match kube {
+        Some((client, elector, namespaces, controller)) => {
+            let ctx = operator::Context::new(client, controller, store);
+            tokio::spawn(operator::run(ctx, namespaces, args.namespace.clone()));
+            Some(elector)
+        }
+        None => None,
+    };
     let bound = server::bind(&listen, tls).await?;
     tracing::info!(listen = %args.listen, "serving sluice.v1.Controller");
     let service = ControllerService::new(controller, args.underlay_mtu);
-    server::serve(bound, service, shutdown()).await?;
+    match lost {
+        None => server::serve(bound, service, shutdown()).await?,
+        Some(elector) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                elector.hold().await;
+                let _ = tx.send(());
+            });
+            let stop = async {
+                tokio::select! {
+                    _ = shutdown() => false,
+                    _ = rx => true,
+                }
+            };
+            let lost_lease = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = lost_lease.clone();
+            server::serve(bound, service, async move {
+                if stop.await {
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+            .await?;
+            if lost_lease.load(std::sync::atomic::Ordering::SeqCst) {
+                anyhow::bail!("lost the leader lease; stopping so that another replica leads");
+            }
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -10,4 +10,6 @@
 //! * [`operator`]: the watchers and reconcilers (finalizers, status by server-side
 //!   apply, requeue with backoff) feeding the controller.
 pub mod crd;
+pub mod lease;
 pub mod model;
+pub mod operator;
