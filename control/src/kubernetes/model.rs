@@ -321,11 +321,14 @@ mod tests {
     /// Kubernetes Services and EndpointSlices over random readiness, VPCs and gateways:
     /// every ready endpoint of every service reaches exactly the gateways holding a role
     /// in the service's VPC, and no gateway without one holds the service.
+    type PodReadiness = (u8, Option<bool>);
+
     #[derive(Clone, Debug)]
     struct World {
         gateways: usize,
         vpcs: Vec<(u32, u32)>,
-        services: Vec<(usize, Vec<(u8, Option<bool>)>)>,
+        /// (VPC index, [(pod number, ready condition)]) per service.
+        services: Vec<(usize, Vec<PodReadiness>)>,
     }
 
     fn world() -> impl Strategy<Value = World> {
