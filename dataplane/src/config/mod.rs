@@ -6,6 +6,7 @@
 //! online) are checked separately by [`Plan::check_host`], so the rules can be tested
 //! anywhere.
 
+pub mod allowed;
 pub mod cpulist;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -60,9 +61,11 @@ pub struct GatewayConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cores {
-    /// One core for the control thread (gRPC, metrics), not a worker core.
+    /// One core for the control thread (gRPC, metrics), not a worker core; `"auto"`:
+    /// the lowest allowed core (see [`allowed`]) that is not a worker.
     pub control: String,
-    /// Worker cores, cpulist syntax (`"2-5"`).
+    /// Worker cores, cpulist syntax (`"2-5"`); `"auto"`: the allowed cores (the cgroup's
+    /// `cpuset.cpus.effective`, else the affinity mask) minus the control core.
     pub workers: String,
 }
 
@@ -193,6 +196,9 @@ pub struct Tables {
     pub file: PathBuf,
 }
 
+/// The word that asks for cores to be read from the cgroup or affinity mask.
+pub const AUTO: &str = "auto";
+
 /// Where the control service listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GrpcListen {
@@ -205,8 +211,20 @@ pub enum GrpcListen {
 pub struct Plan {
     pub control_core: u32,
     pub workers: Vec<WorkerPlan>,
+    /// How `"auto"` cores were resolved; `None` when the file names every core.
+    pub auto_cores: Option<AutoCores>,
     pub grpc: GrpcListen,
     pub metrics: std::net::SocketAddr,
+}
+
+/// What `"auto"` resolved to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AutoCores {
+    /// The cores the process may run on.
+    pub allowed: BTreeSet<u32>,
+    pub source: allowed::CoreSource,
+    /// Allowed cores left idle because there are fewer queues than cores.
+    pub unused: BTreeSet<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -236,35 +254,29 @@ impl GatewayConfig {
         })
     }
 
-    /// Checks everything that does not depend on the host and resolves the plan.
+    /// Checks everything that does not depend on the host and resolves the plan; `"auto"`
+    /// cores are read from this process's cgroup (or affinity mask).
     pub fn plan(&self) -> Result<Plan, ConfigError> {
-        let control_cores = cpulist::parse(&self.cores.control)
-            .map_err(|e| error("cores.control", e, "write one core number, e.g. \"0\""))?;
-        let control_core = match control_cores.iter().collect::<Vec<_>>()[..] {
-            [core] => *core,
-            _ => {
-                return Err(error(
-                    "cores.control",
-                    format!("names {} cores", control_cores.len()),
-                    "name exactly one core for the control thread",
-                ))
-            }
-        };
-        let worker_cores = cpulist::parse(&self.cores.workers)
-            .map_err(|e| error("cores.workers", e, "write a cpulist such as \"2-5\""))?;
-        if worker_cores.contains(&control_core) {
-            return Err(error(
-                "cores.workers",
-                format!("includes the control core {control_core}"),
-                "keep the control core out of the worker cores",
-            ));
-        }
+        self.plan_with(&allowed::CgroupPaths::default())
+    }
+
+    /// [`Self::plan`], with `"auto"` cores read from the cgroup files at `paths`.
+    pub fn plan_with(&self, paths: &allowed::CgroupPaths) -> Result<Plan, ConfigError> {
+        let (control_core, mut worker_cores, mut auto_cores) = self.cores(paths)?;
         self.check_umem_and_rings()?;
         let queues = self.interface_queues()?;
+        if let Some(auto) = auto_cores.as_mut().filter(|_| self.cores.workers == AUTO) {
+            // More allowed cores than queues: the extra cores stay idle rather than fail.
+            while worker_cores.len() > queues.len() {
+                let idle = worker_cores.pop_last().expect("more cores than queues");
+                auto.unused.insert(idle);
+            }
+        }
         let workers = self.assign(&worker_cores, &queues)?;
         Ok(Plan {
             control_core,
             workers,
+            auto_cores,
             grpc: self.grpc_listen()?,
             metrics: self.control.metrics.parse().map_err(|_| {
                 error(
@@ -274,6 +286,130 @@ impl GatewayConfig {
                 )
             })?,
         })
+    }
+
+    /// The control core and the worker cores, resolving `"auto"`.
+    fn cores(
+        &self,
+        paths: &allowed::CgroupPaths,
+    ) -> Result<(u32, BTreeSet<u32>, Option<AutoCores>), ConfigError> {
+        let control_auto = self.cores.control == AUTO;
+        let workers_auto = self.cores.workers == AUTO;
+        let explicit_control = if control_auto {
+            None
+        } else {
+            let cores = cpulist::parse(&self.cores.control).map_err(|e| {
+                error(
+                    "cores.control",
+                    e,
+                    "write one core number, e.g. \"0\", or \"auto\"",
+                )
+            })?;
+            match cores.iter().collect::<Vec<_>>()[..] {
+                [core] => Some(*core),
+                _ => {
+                    return Err(error(
+                        "cores.control",
+                        format!("names {} cores", cores.len()),
+                        "name exactly one core for the control thread",
+                    ))
+                }
+            }
+        };
+        let explicit_workers = if workers_auto {
+            None
+        } else {
+            Some(cpulist::parse(&self.cores.workers).map_err(|e| {
+                error(
+                    "cores.workers",
+                    e,
+                    "write a cpulist such as \"2-5\", or \"auto\"",
+                )
+            })?)
+        };
+        if let (Some(control), Some(workers)) = (explicit_control, explicit_workers.clone()) {
+            if workers.contains(&control) {
+                return Err(error(
+                    "cores.workers",
+                    format!("includes the control core {control}"),
+                    "keep the control core out of the worker cores",
+                ));
+            }
+            return Ok((control, workers, None));
+        }
+        let field = if workers_auto {
+            "cores.workers"
+        } else {
+            "cores.control"
+        };
+        let found = allowed::resolve(paths).map_err(|e| {
+            error(
+                field,
+                format!("\"auto\" could not read the allowed cores: {e}"),
+                "name the cores explicitly",
+            )
+        })?;
+        let shown = cpulist::format(&found.cores);
+        let control = match explicit_control {
+            Some(core) if !found.cores.contains(&core) => {
+                return Err(error(
+                    "cores.control",
+                    format!(
+                        "core {core} is outside the allowed cores {shown} (from {})",
+                        found.source
+                    ),
+                    "use control = \"auto\" or one of the allowed cores",
+                ))
+            }
+            Some(core) => core,
+            None => {
+                let workers = explicit_workers.clone().unwrap_or_default();
+                *found.cores.difference(&workers).next().ok_or_else(|| {
+                    error(
+                        "cores.control",
+                        format!(
+                            "\"auto\" found no allowed core left for it (allowed {shown} from {})",
+                            found.source
+                        ),
+                        "leave one allowed core out of cores.workers",
+                    )
+                })?
+            }
+        };
+        let workers = match explicit_workers {
+            Some(workers) if workers.contains(&control) => {
+                return Err(error(
+                    "cores.workers",
+                    format!("includes the control core {control}"),
+                    "keep the control core out of the worker cores",
+                ))
+            }
+            Some(workers) => workers,
+            None => {
+                let mut workers = found.cores.clone();
+                workers.remove(&control);
+                if workers.is_empty() {
+                    return Err(error(
+                        "cores.workers",
+                        format!(
+                            "\"auto\" found only core {shown} (from {}), which the control thread takes",
+                            found.source
+                        ),
+                        "give the gateway at least two cores (in Kubernetes: an integer CPU request of 2 or more, equal to its limit)",
+                    ));
+                }
+                workers
+            }
+        };
+        Ok((
+            control,
+            workers,
+            Some(AutoCores {
+                allowed: found.cores,
+                source: found.source,
+                unused: BTreeSet::new(),
+            }),
+        ))
     }
 
     fn check_umem_and_rings(&self) -> Result<(), ConfigError> {
@@ -546,6 +682,21 @@ impl Plan {
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(auto) = &self.auto_cores {
+            writeln!(
+                f,
+                "allowed cores    {} from {}",
+                cpulist::format(&auto.allowed),
+                auto.source
+            )?;
+            if !auto.unused.is_empty() {
+                writeln!(
+                    f,
+                    "unused cores     {} (fewer queues than cores)",
+                    cpulist::format(&auto.unused)
+                )?;
+            }
+        }
         writeln!(f, "control thread   core {}", self.control_core)?;
         for worker in &self.workers {
             let queues: Vec<String> = worker

@@ -1,5 +1,6 @@
 //! The example file is valid, and every rule rejects what it should, naming the field.
 
+use super::allowed;
 use super::*;
 
 const EXAMPLE: &str = include_str!("../../../config/gateway.toml");
@@ -141,4 +142,107 @@ fn cores_must_be_online() {
             online_cores: [0, 1, 2].into()
         })
         .is_ok());
+}
+
+/// A cgroup v2 tree whose `cpuset.cpus.effective` says `cpus`.
+fn cgroup_fixture(cpus: &str) -> (tempfile::TempDir, allowed::CgroupPaths) {
+    let dir = tempfile::tempdir().unwrap();
+    let proc_self_cgroup = dir.path().join("cgroup");
+    std::fs::write(&proc_self_cgroup, "0::/kubepods.slice/gw.scope\n").unwrap();
+    let scope = dir.path().join("fs/kubepods.slice/gw.scope");
+    std::fs::create_dir_all(&scope).unwrap();
+    std::fs::write(scope.join("cpuset.cpus.effective"), cpus).unwrap();
+    let paths = allowed::CgroupPaths {
+        proc_self_cgroup,
+        cgroup_root: dir.path().join("fs"),
+    };
+    (dir, paths)
+}
+
+#[test]
+fn auto_cores_come_from_the_cgroup_minus_the_control_core() {
+    let (_dir, paths) = cgroup_fixture("4-7\n");
+    let text = with("control = \"auto\"\nworkers = \"auto\"\nqueues = \"0-3\"");
+    let plan = GatewayConfig::parse(&text)
+        .unwrap()
+        .plan_with(&paths)
+        .unwrap();
+    assert_eq!(plan.control_core, 4);
+    let cores: Vec<u32> = plan.workers.iter().map(|w| w.core).collect();
+    assert_eq!(cores, vec![5, 6, 7]);
+    let auto = plan.auto_cores.as_ref().unwrap();
+    assert_eq!(auto.allowed, [4, 5, 6, 7].into());
+    assert!(auto.unused.is_empty());
+    let shown = plan.to_string();
+    assert!(
+        shown.contains("allowed cores    4-7 from cgroup ")
+            && shown.contains("kubepods.slice/gw.scope/cpuset.cpus.effective"),
+        "{shown}"
+    );
+    assert!(shown.contains("control thread   core 4"), "{shown}");
+}
+
+#[test]
+fn auto_workers_with_an_explicit_control_core() {
+    let (_dir, paths) = cgroup_fixture("2-4");
+    let text = with("control = \"3\"\nworkers = \"auto\"\nqueues = \"0-1\"");
+    let plan = GatewayConfig::parse(&text)
+        .unwrap()
+        .plan_with(&paths)
+        .unwrap();
+    assert_eq!(plan.control_core, 3);
+    let cores: Vec<u32> = plan.workers.iter().map(|w| w.core).collect();
+    assert_eq!(cores, vec![2, 4]);
+    // A control core outside the cpuset could not be pinned: refused up front.
+    let outside = with("control = \"0\"\nworkers = \"auto\"\nqueues = \"0-1\"");
+    let err = GatewayConfig::parse(&outside)
+        .unwrap()
+        .plan_with(&paths)
+        .unwrap_err();
+    assert_eq!(err.field, "cores.control");
+    assert!(
+        err.problem
+            .contains("core 0 is outside the allowed cores 2-4"),
+        "{err}"
+    );
+}
+
+#[test]
+fn auto_leaves_extra_cores_idle_and_needs_two_cores() {
+    let (_dir, paths) = cgroup_fixture("0-5");
+    let text = with("control = \"auto\"\nworkers = \"auto\"\nqueues = \"0-1\"");
+    let plan = GatewayConfig::parse(&text)
+        .unwrap()
+        .plan_with(&paths)
+        .unwrap();
+    let cores: Vec<u32> = plan.workers.iter().map(|w| w.core).collect();
+    assert_eq!(cores, vec![1, 2]);
+    assert_eq!(plan.auto_cores.as_ref().unwrap().unused, [3, 4, 5].into());
+    assert!(plan.to_string().contains("unused cores     3-5"), "{plan}");
+
+    let (_dir, one) = cgroup_fixture("3");
+    let err = GatewayConfig::parse(&with("control = \"auto\"\nworkers = \"auto\""))
+        .unwrap()
+        .plan_with(&one)
+        .unwrap_err();
+    assert_eq!(err.field, "cores.workers");
+    assert!(err.problem.contains("found only core 3"), "{err}");
+    assert!(err.fix.contains("at least two cores"), "{err}");
+}
+
+#[test]
+fn auto_on_this_machine_resolves_from_somewhere() {
+    // This machine's real /proc/self/cgroup: the cgroup's cpuset, or the affinity mask.
+    let text = with("control = \"auto\"\nworkers = \"auto\"\nqueues = \"0-63\"");
+    let config = GatewayConfig::parse(&text).unwrap();
+    match config.plan() {
+        Ok(plan) => {
+            let auto = plan.auto_cores.unwrap();
+            assert!(!auto.allowed.is_empty());
+            assert!(auto.allowed.contains(&plan.control_core));
+            assert!(!plan.workers.is_empty());
+        }
+        // A one-core machine: auto must say so rather than plan nothing.
+        Err(e) => assert!(e.problem.contains("found only core"), "{e}"),
+    }
 }
