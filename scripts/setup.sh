@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Installs what building and testing Sluice needs on a fresh Debian 12 machine with a Rust
 # toolchain (rustup's cargo, rustfmt, clippy) and Python 3. Idempotent: installs only what
-# is missing. Run as root (apt-get). Usage: scripts/setup.sh [--fuzz]
+# is missing. Run as root (apt-get). Usage: scripts/setup.sh [--fuzz] [--bench]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_fuzz=0
-[[ "${1:-}" == "--fuzz" ]] && want_fuzz=1
+want_bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --fuzz) want_fuzz=1 ;;
+    --bench) want_bench=1 ;;
+    *) echo "setup: unknown option $arg (use --fuzz, --bench)" >&2; exit 2 ;;
+  esac
+done
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
@@ -25,6 +32,11 @@ apt_packages+=(prometheus)
 # The node agent's tests (cni-shim/tests): Debian's Go and libcni build the independent
 # CNI client (tests/libcni-driver) offline; bpftool counts the stubs' map entries.
 apt_packages+=(golang-go golang-github-appc-cni-dev bpftool)
+# scripts/bench.sh (--bench): the contenders (iptables and nftables rules as kube-proxy
+# writes them; DPDK's testpmd and its AF_XDP PMD, which come only in these two packages).
+if ((want_bench)); then
+  apt_packages+=(iptables nftables dpdk-dev librte-net-af-xdp23)
+fi
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -55,6 +67,13 @@ if ! python3 -c 'import grpc, grpc_tools, grpc_health, grpc_reflection' 2>/dev/n
   python3 -m pip install --quiet "${grpc_packages[@]}" 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages "${grpc_packages[@]}" \
     || log "could not install the Python gRPC packages; the Python peer test will be skipped"
+fi
+
+# scripts/bench.sh (--bench): matplotlib draws the plots of perf/results/.
+if ((want_bench)) && ! python3 -c 'import matplotlib' 2>/dev/null; then
+  log "pip install matplotlib==3.9.2"
+  python3 -m pip install --quiet matplotlib==3.9.2 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages matplotlib==3.9.2
 fi
 
 if ((want_fuzz)) && ! command -v cargo-fuzz >/dev/null; then

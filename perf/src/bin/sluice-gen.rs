@@ -1,44 +1,184 @@
-//! `sluice-gen`: the benchmark generator and helper of `scripts/bench-gateway.sh`.
+//! `sluice-gen`: the generator, sink and helpers of `scripts/bench.sh` (and
+//! `scripts/bench-gateway.sh`). Every subcommand prints JSON on stdout.
 //!
-//! * `sluice-gen tables FILE` writes `testkit::world()` as YAML (the gateway's
-//!   `tables.file`).
-//! * `sluice-gen send geneve|udp DST:PORT SECONDS CORE` sends 64-byte packets in a tight
-//!   loop from a UDP socket pinned to `CORE` for `SECONDS`, then prints one JSON line with
-//!   the count the socket accepted. `geneve` sends Geneve (VNI A, no options) whose inner
-//!   frame is a 64-byte Ethernet/IPv4/UDP frame from POD_A1 to POD_A1B (60 bytes without
-//!   the FCS); `udp` sends plain UDP whose whole frame is 64 bytes on the wire (18 bytes of
-//!   payload). The kernel builds the outer headers in both cases, so both contenders get
-//!   the same generator.
-//!
-//! A plain UDP socket needs no raw memory and no AF_PACKET address building: what it
-//! costs per packet (the sender's IP/UDP stack) is paid equally by both contenders. What
-//! the socket accepted is not what arrived (PLATFORM.md pitfall 13): count at the sink.
+//! * `tables FILE`: the standard test world (`testkit::world()`) as YAML.
+//! * `world --endpoints E --services S --backends B FILE`: a benchmark world (perf's
+//!   `world` module) as YAML, the gateway's `tables.file`.
+//! * `send geneve|udp DST:PORT SECONDS CORE`: the old UDP-socket generator.
+//! * `xsk ...`: the AF_XDP generator (perf's `xsk` module), pinned to one core.
+//! * `sink --iface IF --seconds T [--stamps]`: counts at XDP and drops; prints one line
+//!   per second and a summary with delay percentiles.
+//! * `fwd --iface IN --out OUT --dst-mac M --src-mac M`: the in-kernel XDP forwarder,
+//!   attached until the process is stopped.
+//! * `churn --server unix:///S --rate R --seconds T --endpoints E --services S`: table
+//!   updates over the gateway's gRPC Apply (perf's `churn` module) while traffic runs.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use sluice_api::MacAddr;
 use sluice_dataplane::testkit::*;
+use sluice_perf::packets::{Addrs, Spec, Template, PAYLOAD_64};
+use sluice_perf::stats::histogram_quantile;
+use sluice_perf::world::{self, World};
+use sluice_perf::xdp::{ifindex, Bench, Program};
+use sluice_perf::xsk::{Generator, Pace};
 
-/// Bytes of UDP payload that make a 60-byte Ethernet/IPv4/UDP frame (64 with the FCS).
-const PAYLOAD_64: usize = 60 - 14 - 20 - 8;
+#[derive(Parser)]
+#[command(about = "Sluice's benchmark generator, sink and helpers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn usage() -> ! {
-    eprintln!("usage: sluice-gen tables FILE | sluice-gen send geneve|udp DST:PORT SECONDS CORE");
-    std::process::exit(2)
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Kind {
+    Plain,
+    Geneve,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The standard test world as YAML.
+    Tables { file: String },
+    /// A benchmark world as YAML (the gateway's tables.file).
+    World {
+        #[arg(long)]
+        endpoints: usize,
+        #[arg(long, default_value_t = 0)]
+        services: usize,
+        #[arg(long, default_value_t = 2)]
+        backends: usize,
+        file: String,
+    },
+    /// The UDP-socket generator: geneve|udp DST:PORT SECONDS CORE.
+    Send {
+        kind: String,
+        dst: SocketAddr,
+        seconds: f64,
+        core: usize,
+    },
+    /// The AF_XDP generator.
+    Xsk {
+        #[arg(long, default_value = "eth0")]
+        iface: String,
+        #[arg(long, value_enum)]
+        kind: Kind,
+        /// Outer destination MAC (the device under test).
+        #[arg(long, default_value = "02:00:00:00:00:01")]
+        dst_mac: String,
+        /// Outer destination address (plain: the flow's destination).
+        #[arg(long, default_value = "198.18.0.1")]
+        dst_ip: Ipv4Addr,
+        /// Destination UDP port of the flow header (Geneve: the inner one).
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+        #[arg(long, default_value_t = 1)]
+        flows: u32,
+        /// Spread flows over this many services from --vip-base (Geneve: the world's VIPs).
+        #[arg(long, default_value_t = 0)]
+        services: u32,
+        #[arg(long, default_value = "198.19.128.0")]
+        vip_base: Ipv4Addr,
+        /// Geneve: the world's endpoint count (the inner addresses come from it).
+        #[arg(long, default_value_t = 10)]
+        world_endpoints: usize,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 0)]
+        core: usize,
+        /// Packets per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Stamp every frame for the sink's delay histogram.
+        #[arg(long)]
+        stamps: bool,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+    },
+    /// The XDP sink.
+    Sink {
+        #[arg(long, default_value = "eth0")]
+        iface: String,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long)]
+        stamps: bool,
+    },
+    /// Table updates over the gateway's gRPC Apply, paced.
+    Churn {
+        #[arg(long)]
+        server: String,
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        #[arg(long)]
+        seconds: f64,
+        /// The world the gateway was started with.
+        #[arg(long)]
+        endpoints: usize,
+        #[arg(long, default_value_t = 0)]
+        services: usize,
+        #[arg(long, default_value_t = 2)]
+        backends: usize,
+    },
+    /// The in-kernel XDP forwarder (bpf_redirect), until stopped.
+    Fwd {
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        out: String,
+        #[arg(long)]
+        dst_mac: String,
+        #[arg(long)]
+        src_mac: String,
+    },
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("tables") if args.len() == 2 => {
-            let yaml = serde_norway::to_string(&world()).expect("the world as YAML");
-            std::fs::write(&args[1], yaml).expect("writing the tables file");
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("sluice-gen: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn mac(s: &str) -> Result<MacAddr> {
+    MacAddr::from_str(s).map_err(|e| anyhow::anyhow!("{s:?} is not a MAC address: {e}"))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Tables { file } => {
+            let yaml = serde_norway::to_string(&world()).context("the world as YAML")?;
+            std::fs::write(&file, yaml).with_context(|| format!("writing {file}"))?;
         }
-        Some("send") if args.len() == 5 => {
-            let dst: SocketAddr = args[2].parse().unwrap_or_else(|_| usage());
-            let seconds: f64 = args[3].parse().unwrap_or_else(|_| usage());
-            let core: usize = args[4].parse().unwrap_or_else(|_| usage());
-            let payload = match args[1].as_str() {
+        Command::World {
+            endpoints,
+            services,
+            backends,
+            file,
+        } => {
+            if endpoints < 2 {
+                bail!("--endpoints must be at least 2");
+            }
+            let w = World {
+                endpoints,
+                services,
+                backends,
+            };
+            let yaml = serde_norway::to_string(&w.transaction()).context("the world as YAML")?;
+            std::fs::write(&file, yaml).with_context(|| format!("writing {file}"))?;
+        }
+        Command::Send {
+            kind,
+            dst,
+            seconds,
+            core,
+        } => {
+            let payload = match kind.as_str() {
                 "geneve" => {
                     let inner = inner_udp(
                         POD_A1_MAC,
@@ -48,40 +188,184 @@ fn main() {
                         (1000, 2000),
                         &[0u8; PAYLOAD_64],
                     );
-                    assert_eq!(inner.len(), 60);
                     let mut p = geneve_header(VNI_A, &[]);
                     p.extend_from_slice(&inner);
                     p
                 }
                 "udp" => vec![0u8; PAYLOAD_64],
-                _ => usage(),
+                other => bail!("send: {other:?} is neither geneve nor udp"),
             };
-            send(dst, &payload, Duration::from_secs_f64(seconds), core);
+            send(dst, &payload, Duration::from_secs_f64(seconds), core)?;
         }
-        _ => usage(),
+        Command::Xsk {
+            iface,
+            kind,
+            dst_mac,
+            dst_ip,
+            port,
+            flows,
+            services,
+            vip_base,
+            world_endpoints,
+            seconds,
+            core,
+            rate,
+            stamps,
+            batch,
+        } => {
+            if !(1..=16_000_000).contains(&flows) {
+                bail!("--flows must be within 1..=16000000");
+            }
+            let dst = Addrs {
+                mac: mac(&dst_mac)?,
+                ip: dst_ip,
+            };
+            let spec = match kind {
+                Kind::Plain => Spec {
+                    src: world::GENERATOR,
+                    dst,
+                    geneve: None,
+                    port,
+                    flows,
+                    services,
+                    vip_base,
+                },
+                Kind::Geneve => {
+                    let w = World {
+                        endpoints: world_endpoints.max(2),
+                        services: services as usize,
+                        backends: 0,
+                    };
+                    let (src, peer) = w.bounce_pair();
+                    Spec {
+                        src: world::GENERATOR,
+                        dst,
+                        geneve: Some((world::VNI, src, peer)),
+                        port,
+                        flows,
+                        services,
+                        vip_base: world::VIP_BASE,
+                    }
+                }
+            };
+            let template = Template::new(&spec);
+            sluice_dataplane::engine::pin_current_thread(core).context("pinning the generator")?;
+            let mut generator = Generator::new(&iface, &template)?;
+            let sent = generator.run(
+                &template,
+                flows,
+                Duration::from_secs_f64(seconds),
+                Pace {
+                    rate,
+                    stamps,
+                    batch,
+                },
+            )?;
+            println!(
+                "{}",
+                json!({"sent": sent.total, "seconds": sent.seconds, "windows": sent.windows})
+            );
+        }
+        Command::Churn {
+            server,
+            rate,
+            seconds,
+            endpoints,
+            services,
+            backends,
+        } => {
+            let w = World {
+                endpoints,
+                services,
+                backends,
+            };
+            let report =
+                sluice_perf::churn::run(&server, &w, rate, Duration::from_secs_f64(seconds))?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::Sink {
+            iface,
+            seconds,
+            stamps,
+        } => sink(&iface, seconds, stamps)?,
+        Command::Fwd {
+            iface,
+            out,
+            dst_mac,
+            src_mac,
+        } => {
+            let mut bench = Bench::load()?;
+            let dst = Addrs {
+                mac: mac(&dst_mac)?,
+                ip: Ipv4Addr::UNSPECIFIED,
+            };
+            let src = Addrs {
+                mac: mac(&src_mac)?,
+                ip: Ipv4Addr::UNSPECIFIED,
+            };
+            bench.configure(ifindex(&out)?, false, Some(dst), Some(src))?;
+            bench.attach(Program::Fwd, &iface)?;
+            println!("{}", json!({"attached": iface, "out": out}));
+            // The link detaches when the process ends (SIGTERM from the bench script).
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
     }
+    Ok(())
 }
 
-fn send(dst: SocketAddr, payload: &[u8], duration: Duration, core: usize) {
-    sluice_dataplane::engine::pin_current_thread(core).expect("pinning the generator");
-    let socket = UdpSocket::bind("0.0.0.0:50000").expect("binding UDP port 50000");
-    socket.connect(dst).expect("connecting the UDP socket");
+fn sink(iface: &str, seconds: f64, stamps: bool) -> Result<()> {
+    let mut bench = Bench::load()?;
+    bench.configure(0, stamps, None, None)?;
+    bench.attach(Program::Sink, iface)?;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(seconds);
+    let mut last = bench.counts()?[0];
+    let mut next = start + Duration::from_secs(1);
+    let mut windows = Vec::new();
+    while next <= deadline {
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        let now = bench.counts()?[0];
+        windows.push(now - last);
+        last = now;
+        next += Duration::from_secs(1);
+    }
+    let counts = bench.counts()?;
+    let mut summary = json!({"frames": counts[0], "bytes": counts[1], "windows": windows});
+    if stamps {
+        let hist = bench.histogram()?;
+        let q = |p| histogram_quantile(&hist, p);
+        summary["stamped"] = json!(counts[2]);
+        summary["future_stamps"] = json!(counts[3]);
+        summary["delay_us"] = json!({"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": q(1.0)});
+    }
+    println!("{summary}");
+    Ok(())
+}
+
+fn send(dst: SocketAddr, payload: &[u8], duration: Duration, core: usize) -> Result<()> {
+    sluice_dataplane::engine::pin_current_thread(core).context("pinning the generator")?;
+    let socket = UdpSocket::bind("0.0.0.0:50000").context("binding UDP port 50000")?;
+    socket.connect(dst).context("connecting the UDP socket")?;
     let (mut sent, mut failed) = (0u64, 0u64);
     let start = Instant::now();
     let deadline = start + duration;
-    'outer: loop {
-        // Check the clock once every 1024 sends.
+    loop {
         for _ in 0..1024 {
             match socket.send(payload) {
                 Ok(_) => sent += 1,
-                // ENOBUFS, ECONNREFUSED from an ICMP error, ...: count and go on.
                 Err(_) => failed += 1,
             }
         }
         if Instant::now() >= deadline {
-            break 'outer;
+            break;
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    println!("{{\"sent\":{sent},\"failed\":{failed},\"seconds\":{elapsed:.6}}}");
+    println!(
+        "{}",
+        json!({"sent": sent, "failed": failed, "seconds": elapsed})
+    );
+    Ok(())
 }
