@@ -7,7 +7,10 @@
 //!   VNI is not reused at once), skipping VNIs in use; never random.
 //! * Pod addresses, per subnet: the lowest free host address, skipping the network
 //!   address, the router (first host) and the broadcast address; the index is keyed by
-//!   (VPC, address), so no two endpoints of a VPC ever share one.
+//!   (VPC, address), so no two endpoints of a VPC ever share one. Finding it costs
+//!   O(log n), not a scan of the subnet's used addresses: each subnet keeps a cursor
+//!   (the lowest address never handed out) and the set of released addresses below it
+//!   (see [`take_address`]).
 //! * MACs: locally administered and derived from the address, so unique wherever the
 //!   address is (see [`endpoint_mac`]).
 //! * Service VIPs: the lowest free address of the VPC's service CIDR unless given.
@@ -46,6 +49,15 @@ const ADDRESSES: Index = TableDefinition::new("addresses");
 const VIPS: Index = TableDefinition::new("vips");
 /// Allocation cursors.
 const META: TableDefinition<'static, &'static str, u32> = TableDefinition::new("meta");
+/// Per subnet, keyed by (VPC, its first pod address): the lowest address not handed out
+/// since the cursor was made. Every address below it is held (in [`ADDRESSES`]) or
+/// released (in [`ADDRESS_FREE`]).
+const ADDRESS_NEXT: TableDefinition<'static, (&'static str, u32), u32> =
+    TableDefinition::new("address_next");
+/// Released pod addresses below their subnet's [`ADDRESS_NEXT`]: (VPC, address) to the
+/// subnet's first pod address.
+const ADDRESS_FREE: TableDefinition<'static, (&'static str, u32), u32> =
+    TableDefinition::new("address_free");
 const VNI_CURSOR: &str = "vni_cursor";
 
 fn json_table(kind: Kind) -> Json {
@@ -116,6 +128,8 @@ impl Store {
             txn.open_table(ADDRESSES)?;
             txn.open_table(VIPS)?;
             txn.open_table(META)?;
+            txn.open_table(ADDRESS_NEXT)?;
+            txn.open_table(ADDRESS_FREE)?;
             Ok(())
         })()
         .map_err(&err)?;
@@ -270,6 +284,103 @@ fn used_in(
         out.push(entry?.0.value().1);
     }
     Ok(out)
+}
+
+/// Hands out the lowest free pod address of the subnet whose pod addresses are
+/// `lo..=hi` in `vpc` (the caller records it in [`ADDRESSES`]); `None` when it is full.
+///
+/// O(log n) in the subnet's pods: the lowest released address if there is one, else the
+/// cursor. A subnet without a cursor (new, or a store written before cursors existed)
+/// gets one built once from [`ADDRESSES`].
+fn take_address(
+    txn: &WriteTransaction,
+    vpc: &str,
+    lo: u32,
+    hi: u32,
+) -> Result<Option<u32>, StoreFault> {
+    let mut cursors = txn.open_table(ADDRESS_NEXT)?;
+    let mut free = txn.open_table(ADDRESS_FREE)?;
+    let addresses = txn.open_table(ADDRESSES)?;
+    let stored = cursors.get((vpc, lo))?.map(|v| v.value());
+    let next = match stored {
+        Some(next) => next,
+        None => {
+            let used = used_in(&addresses, vpc, lo, hi)?;
+            let next = used.last().map_or(lo, |&top| top + 1);
+            let mut held = used.iter().copied().peekable();
+            for ip in lo..next {
+                if held.next_if_eq(&ip).is_none() {
+                    free.insert((vpc, ip), lo)?;
+                }
+            }
+            next
+        }
+    };
+    let released = free
+        .range((vpc, lo)..=(vpc, hi))?
+        .next()
+        .transpose()?
+        .map(|(k, _)| k.value().1);
+    let ip = match released {
+        Some(ip) => {
+            free.remove((vpc, ip))?;
+            ip
+        }
+        None if next <= hi => next,
+        None => {
+            cursors.insert((vpc, lo), next)?;
+            return Ok(None);
+        }
+    };
+    cursors.insert((vpc, lo), next.max(ip + 1))?;
+    if addresses.get((vpc, ip))?.is_some() {
+        // The cursor disagrees with the index (it cannot, unless edited by hand): start
+        // it over from the index, which is the authority.
+        // A rebuilt cursor is consistent, so this recurses at most once.
+        drop((cursors, free, addresses));
+        forget_cursor(txn, vpc, lo, hi)?;
+        return take_address(txn, vpc, lo, hi);
+    }
+    Ok(Some(ip))
+}
+
+/// Returns `ip` of the subnet whose first pod address is `lo` to its free addresses.
+fn release_address(txn: &WriteTransaction, vpc: &str, lo: u32, ip: u32) -> Result<(), StoreFault> {
+    let mut cursors = txn.open_table(ADDRESS_NEXT)?;
+    let Some(mut next) = cursors.get((vpc, lo))?.map(|v| v.value()) else {
+        // No cursor yet: the next take builds it from the index.
+        return Ok(());
+    };
+    if ip >= next {
+        return Ok(());
+    }
+    let mut free = txn.open_table(ADDRESS_FREE)?;
+    if ip + 1 == next {
+        // The top address: move the cursor down over it and any released run below.
+        next = ip;
+        while next > lo && free.remove((vpc, next - 1))?.is_some() {
+            next -= 1;
+        }
+        cursors.insert((vpc, lo), next)?;
+    } else {
+        free.insert((vpc, ip), lo)?;
+    }
+    Ok(())
+}
+
+/// Drops the cursor of pod addresses `lo..=hi` (a subnet deleted or moved; it holds no
+/// endpoint then).
+fn forget_cursor(txn: &WriteTransaction, vpc: &str, lo: u32, hi: u32) -> Result<(), StoreFault> {
+    txn.open_table(ADDRESS_NEXT)?.remove((vpc, lo))?;
+    let mut free = txn.open_table(ADDRESS_FREE)?;
+    let released: Vec<u32> = free
+        .range((vpc, lo)..=(vpc, hi))?
+        .map(|e| e.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    for ip in released {
+        free.remove((vpc, ip))?;
+    }
+    Ok(())
 }
 
 impl Store {
@@ -455,6 +566,8 @@ impl Store {
                         ),
                     ));
                 }
+                let (lo, hi) = host_range(old.spec.cidr);
+                tx!(self, forget_cursor(txn, &old.spec.vpc, lo, hi))?;
             }
         }
         let router = cidr
@@ -666,9 +779,13 @@ impl Store {
                         ),
                     ));
                 }
+                let (lo, hi) = host_range(subnet.spec.cidr);
                 tx!(
                     self,
-                    subnets.remove(name).map(|_| ()).map_err(StoreFault::from)
+                    (|| {
+                        subnets.remove(name)?;
+                        forget_cursor(txn, &subnet.spec.vpc, lo, hi)
+                    })()
                 )
             }
             Kind::Service => {
@@ -884,9 +1001,7 @@ impl ObjectSource for Store {
             })?;
             let vpc = subnet.spec.vpc.clone();
             let (lo, hi) = host_range(subnet.spec.cidr);
-            let mut addresses = tx!(self, txn.open_table(ADDRESSES).map_err(StoreFault::from))?;
-            let used = tx!(self, used_in(&addresses, &vpc, lo, hi))?;
-            let Some(ip) = lowest_free(lo, hi, used.into_iter()) else {
+            let Some(ip) = tx!(self, take_address(txn, &vpc, lo, hi))? else {
                 return Err(rejected(
                     Code::ResourceExhausted,
                     &what,
@@ -919,7 +1034,8 @@ impl ObjectSource for Store {
             tx!(
                 self,
                 (|| {
-                    addresses.insert((vpc.as_str(), u32::from(ip)), key.as_str())?;
+                    txn.open_table(ADDRESSES)?
+                        .insert((vpc.as_str(), u32::from(ip)), key.as_str())?;
                     put(&mut endpoints, &key, &alloc)
                 })()
             )?;
@@ -944,8 +1060,16 @@ impl ObjectSource for Store {
                         return Ok(None);
                     };
                     endpoints.remove(key.as_str())?;
-                    txn.open_table(ADDRESSES)?
-                        .remove((alloc.spec.vpc.as_str(), u32::from(alloc.spec.ip)))?;
+                    let vpc = alloc.spec.vpc.as_str();
+                    let ip = u32::from(alloc.spec.ip);
+                    txn.open_table(ADDRESSES)?.remove((vpc, ip))?;
+                    let subnet =
+                        get::<Subnet>(&txn.open_table(SUBNETS)?, Kind::Subnet, &alloc.spec.subnet)?;
+                    // A subnet cannot go while it has endpoints; without one there is
+                    // no cursor to return the address to.
+                    if let Some(subnet) = subnet.filter(|s| s.spec.vpc == vpc) {
+                        release_address(txn, vpc, host_range(subnet.spec.cidr).0, ip)?;
+                    }
                     Ok(Some(alloc))
                 })()
             )
@@ -996,6 +1120,7 @@ fn resolve_network<'a>(
 mod tests {
     use super::*;
     use crate::controller::objects::parse_manifest;
+    use redb::ReadableTableMetadata;
 
     const WORLD: &str = "\
 kind: Vpc
@@ -1056,6 +1181,86 @@ spec: {vpc: red, cidr: 10.0.1.0/24}
         assert_eq!(lowest_free(2, 6, [2, 3, 4, 5, 6].into_iter()), None);
         assert_eq!(lowest_free(2, 6, [3].into_iter()), Some(2));
         assert_eq!(lowest_free(2, 1, [].into_iter()), None);
+    }
+
+    /// Attaches and detaches in a scrambled order on red-a (a /24): every address the
+    /// cursor hands out is the lowest free one, as a scan of the index would find,
+    /// including after the cursor is dropped (a store written before cursors existed)
+    /// and after a reopen.
+    #[test]
+    fn the_address_cursor_always_hands_out_the_lowest_free_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(&dir);
+        store.apply(parse_manifest(WORLD).unwrap()).unwrap();
+        node(&store, "n1", 11);
+        let (lo, hi) = host_range("10.0.1.0/24".parse().unwrap());
+        let mut held: BTreeMap<String, u32> = BTreeMap::new();
+        let mut rng = 0x2545_f491_u32;
+        let mut step = |n: u32| {
+            rng ^= rng << 13;
+            rng ^= rng >> 17;
+            rng ^= rng << 5;
+            rng % n
+        };
+        for round in 0..240u32 {
+            if round == 120 {
+                // Drop the cursor: the next attach rebuilds it from the index.
+                store
+                    .write(|txn| tx!(store, forget_cursor(txn, "red", lo, hi)))
+                    .unwrap();
+            }
+            if round == 180 {
+                drop(store);
+                store = super::tests::store(&dir);
+            }
+            let detach = !held.is_empty() && step(3) == 0;
+            if detach {
+                let victim = held
+                    .keys()
+                    .nth(step(held.len() as u32) as usize)
+                    .unwrap()
+                    .clone();
+                let gone = store.detach("n1", &victim, "eth0").unwrap().unwrap();
+                assert_eq!(u32::from(gone.spec.ip), held.remove(&victim).unwrap());
+            } else {
+                let want = lowest_free(lo, hi, {
+                    let mut used: Vec<u32> = held.values().copied().collect();
+                    used.sort_unstable();
+                    used.into_iter()
+                })
+                .unwrap();
+                let container = format!("p{round}");
+                let got = u32::from(attach(&store, &container, "red-a").unwrap().spec.ip);
+                assert_eq!(got, want, "round {round}: held {:?}", held.values());
+                held.insert(container, got);
+            }
+        }
+        // Deleting the subnet drops its cursor: a smaller subnet at the same start
+        // allocates from its own range.
+        for container in held.keys() {
+            store.detach("n1", container, "eth0").unwrap();
+        }
+        let refs = [ObjectRef {
+            kind: Kind::Subnet,
+            name: "red-a".into(),
+        }];
+        store.delete(&refs).unwrap();
+        let txn = store.db.begin_read().unwrap();
+        assert_eq!(txn.open_table(ADDRESS_NEXT).unwrap().len().unwrap(), 0);
+        assert_eq!(txn.open_table(ADDRESS_FREE).unwrap().len().unwrap(), 0);
+        drop(txn);
+        store
+            .apply(
+                parse_manifest(
+                    "kind: Subnet\nmetadata: {name: red-a}\nspec: {vpc: red, cidr: 10.0.1.0/30}\n",
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let only = attach(&store, "last", "red-a").unwrap();
+        assert_eq!(only.spec.ip, Ipv4Addr::new(10, 0, 1, 2));
+        let (c, _) = code(attach(&store, "one-more", "red-a").unwrap_err());
+        assert_eq!(c, Code::ResourceExhausted);
     }
 
     #[test]
