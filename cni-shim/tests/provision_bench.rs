@@ -1,19 +1,26 @@
 //! Provisioning time, measured (not asserted): from the start of a CNI ADD (the real
 //! `sluice-cni` process) to the first ping reply the new pod gets from a peer pod on the
 //! same worker, with the ARP answered by the real gateway. Measured with 10 and with 500
-//! pods already attached on the node; prints p50 and p99 and writes
-//! perf/results/provision.md.
+//! pods already attached on the node; prints p50 and p99 and where the time goes, and
+//! writes perf/results/provision.md.
+//!
+//! Where the time goes: the agent logs the wall time of each step of every ADD
+//! (`steps="alloc:0.41 veth:1.20 ..."` on its "attached" line); the shim's own share
+//! (process start, gRPC connection and call) is the ADD's wall time minus the agent's
+//! total; "sluice-cni start" is a VERSION call (process start alone, no connection); after
+//! ADD, the ping's own round trip (its `time=`, which includes the ARP through the
+//! gateway) is told apart from starting `nsenter ping`.
 //!
 //! Run by scripts/bench-provision.sh (release build, as root). Ignored in the normal
 //! test run because it is a benchmark (about a minute), not a check.
+//! `SLUICE_PROVISION_SAMPLES` (default 100) sets the samples per pod count.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-const SAMPLES: usize = 100;
 
 fn ip_at(n: u32) -> String {
     // Pods from 10.1.0.10 on, in a /16.
@@ -21,22 +28,100 @@ fn ip_at(n: u32) -> String {
     std::net::Ipv4Addr::from(v).to_string()
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+fn percentile(sorted: &[f64], p: f64) -> f64 {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The text without ANSI colour sequences.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The agent's total and its steps from its last "attached" line.
+fn agent_steps(stderr: &str) -> (f64, Vec<(String, f64)>) {
+    let text = plain(stderr);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("attached") && l.contains("steps="))
+        .expect("the agent logged no attached line with steps");
+    let field = |name: &str| {
+        let at = line.find(&format!("{name}=")).expect("field") + name.len() + 1;
+        line[at..].to_owned()
+    };
+    let total: f64 = field("total_ms")
+        .split_whitespace()
+        .next()
+        .and_then(|t| t.parse().ok())
+        .expect("total_ms");
+    let steps = field("steps");
+    let steps = steps.trim_start_matches('"');
+    let steps = &steps[..steps.find('"').expect("closing quote")];
+    let parsed = steps
+        .split_whitespace()
+        .filter_map(|s| {
+            let (n, v) = s.split_once(':')?;
+            Some((n.to_owned(), v.parse().ok()?))
+        })
+        .collect();
+    (total, parsed)
+}
+
+/// Samples of named quantities, in the order first seen.
+#[derive(Default)]
+struct Series {
+    order: Vec<String>,
+    values: BTreeMap<String, Vec<f64>>,
+}
+
+impl Series {
+    fn push(&mut self, name: &str, v: f64) {
+        if !self.values.contains_key(name) {
+            self.order.push(name.to_owned());
+        }
+        self.values.entry(name.to_owned()).or_default().push(v);
+    }
+
+    fn stats(&self, name: &str) -> (f64, f64) {
+        let mut v = self.values[name].clone();
+        v.sort_by(f64::total_cmp);
+        (percentile(&v, 0.5), percentile(&v, 0.99))
+    }
 }
 
 #[test]
 #[ignore = "benchmark: run by scripts/bench-provision.sh"]
 fn provisioning_time() {
     assert_root("provisioning benchmark");
+    let samples: usize = std::env::var("SLUICE_PROVISION_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
     let base = unique("sl-prov");
     let underlay = Underlay::new(&base);
     let gw_ns = Netns::new(format!("{base}-gw"));
     underlay.plug(&gw_ns, GW.0, GW.1);
     let dir = tempfile::tempdir().expect("tempdir");
     // The allocator hands out addresses round robin: every sample gets a fresh one.
-    let total = 1 + 500 + 2 * SAMPLES as u32 + 10;
+    let total = 1 + 500 + 2 * samples as u32 + 10;
     let alloc =
         allocation(GW, &[], ("10.1.0.10", "10.1.255.250")).replace("10.1.0.0/24", "10.1.0.0/16");
     let mut w = Worker::new(&base, "w1", &underlay, W1.0, W1.1, &alloc);
@@ -51,10 +136,11 @@ fn provisioning_time() {
     let peer_ip = ip_at(0);
 
     let mut background = Vec::new();
-    let mut report = String::from(
+    let mut summary = String::from(
         "| pods already attached | samples | p50 ms | p99 ms | max ms | ADD alone p50 ms | ADD alone p99 ms |\n\
          |---|---|---|---|---|---|---|\n",
     );
+    let mut breakdowns = Vec::new();
     for target in [10usize, 500] {
         while background.len() < target {
             let ns = Netns::new(format!("{base}-bg{}", background.len()));
@@ -62,42 +148,95 @@ fn provisioning_time() {
                 .ok();
             background.push(ns);
         }
-        let mut times = Vec::with_capacity(SAMPLES);
-        let mut adds = Vec::with_capacity(SAMPLES);
-        for i in 0..SAMPLES {
+        let mut series = Series::default();
+        let mut times = Vec::with_capacity(samples);
+        for i in 0..samples {
             let ns = Netns::new(format!("{base}-s{target}-{i}"));
             let id = format!("s{target}-{i}");
+            let version_start = Instant::now();
+            cni("VERSION", &id, &ns.path(), "eth0", &conf).ok();
+            let version = version_start.elapsed();
+
             let start = Instant::now();
             w.cni("ADD", &id, &ns.path(), &conf).ok();
-            adds.push(start.elapsed());
-            loop {
+            let add = start.elapsed();
+            let mut rtt = None;
+            let mut tries = 0;
+            while rtt.is_none() {
+                tries += 1;
                 let out = nsenter(&ns.name, &["ping", "-c", "1", "-W", "1", &peer_ip]);
                 if out.status.success() {
-                    break;
+                    let text = String::from_utf8_lossy(&out.stdout);
+                    let t = text
+                        .split("time=")
+                        .nth(1)
+                        .and_then(|t| t.split_whitespace().next())
+                        .and_then(|t| t.parse::<f64>().ok())
+                        .expect("ping's time=");
+                    rtt = Some(t);
                 }
                 assert!(
                     start.elapsed() < Duration::from_secs(10),
                     "pod {id} never reached its peer"
                 );
             }
-            times.push(start.elapsed());
+            let end_to_end = start.elapsed();
+            times.push(ms(end_to_end));
+            let (agent_total, steps) = agent_steps(&w.stderr());
+            series.push("end to end", ms(end_to_end));
+            series.push("ADD (sluice-cni wall time)", ms(add));
+            series.push("· sluice-cni start (VERSION, for comparison)", ms(version));
+            series.push(
+                "· shim: process, gRPC connect and call (ADD - agent)",
+                ms(add) - agent_total,
+            );
+            series.push("· agent total", agent_total);
+            for (name, v) in &steps {
+                series.push(&format!("·· {name}"), *v);
+            }
+            series.push(
+                "after ADD: nsenter + ping until the reply",
+                ms(end_to_end - add),
+            );
+            series.push("· ping round trip incl. ARP via the gateway", rtt.unwrap());
+            series.push("· ping tries", tries as f64);
             w.cni("DEL", &id, &ns.path(), &conf).ok();
         }
-        times.sort();
-        adds.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        times.sort_by(f64::total_cmp);
+        let adds = {
+            let mut v = series.values["ADD (sluice-cni wall time)"].clone();
+            v.sort_by(f64::total_cmp);
+            v
+        };
         let line = format!(
-            "| {} | {SAMPLES} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+            "| {} | {samples} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
             target + 1,
-            ms(percentile(&times, 0.5)),
-            ms(percentile(&times, 0.99)),
-            ms(*times.last().unwrap()),
-            ms(percentile(&adds, 0.5)),
-            ms(percentile(&adds, 0.99)),
+            percentile(&times, 0.5),
+            percentile(&times, 0.99),
+            times.last().unwrap(),
+            percentile(&adds, 0.5),
+            percentile(&adds, 0.99),
         );
         print!("{line}");
-        report += &line;
+        summary += &line;
+        breakdowns.push((target + 1, series));
     }
+    let mut breakdown = String::from("| step | ");
+    for (pods, _) in &breakdowns {
+        breakdown += &format!("p50 ms ({pods} pods) | p99 ms ({pods} pods) | ");
+    }
+    breakdown += "\n|---|";
+    breakdown += &"---|---|".repeat(breakdowns.len());
+    breakdown += "\n";
+    for name in &breakdowns[0].1.order {
+        breakdown += &format!("| {name} | ");
+        for (_, s) in &breakdowns {
+            let (p50, p99) = s.stats(name);
+            breakdown += &format!("{p50:.2} | {p99:.2} | ");
+        }
+        breakdown += "\n";
+    }
+    print!("{breakdown}");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../perf/results/provision.md");
     std::fs::write(
         &out,
@@ -105,7 +244,10 @@ fn provisioning_time() {
             "# Pod provisioning time\n\nFrom the start of `sluice-cni` ADD to the first ping reply \
              from a peer pod on the same worker (ARP answered by the gateway), \
              `scripts/bench-provision.sh`. Includes starting `sluice-cni` and one \
-             `nsenter ping` per try. \"ADD alone\" is until `sluice-cni` exits.\n\n{report}"
+             `nsenter ping` per try. \"ADD alone\" is until `sluice-cni` exits.\n\n{summary}\n\
+             ## Where the time goes\n\nPer step (`·` marks parts of the line above; steps \
+             are the agent's own timings, logged on its \"attached\" line). Percentiles are \
+             per row, so parts need not add up to the p99 of their whole.\n\n{breakdown}"
         ),
     )
     .expect("writing perf/results/provision.md");

@@ -2,16 +2,21 @@
 //! rtnetlink. A [`Netlink`] talks to the network namespace its socket was opened in, so
 //! the agent opens one in its own namespace at start and one per pod operation from inside
 //! the pod's namespace (see [`super::netns`]).
+//!
+//! Nothing here dumps a table on the ADD path (lookups are by name, which the kernel
+//! answers from a hash): a dump costs in proportion to the pods on the node.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage, LinkXdp};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage, LinkXdp,
+};
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::RouteScope;
-use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// A netlink request that failed, naming what it tried.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +28,11 @@ pub struct LinkError {
 }
 
 impl LinkError {
+    /// Whether the kernel answered "exists".
+    pub fn is_exists(&self) -> bool {
+        is_errno(&self.source, &[nix::errno::Errno::EEXIST])
+    }
+
     /// Whether the kernel answered "no such device" (or "not found").
     pub fn is_not_found(&self) -> bool {
         is_errno(
@@ -148,54 +158,39 @@ impl Netlink {
         }))
     }
 
-    /// Creates veth `name` with its peer `peer`, both in this namespace.
-    pub async fn add_veth(&self, name: &str, peer: &str) -> Result<(), LinkError> {
+    /// The veth pair of a pod in one request: `host` in this namespace, up, and its
+    /// peer `pod_ifname` directly in the namespace of `pod_netns` with `pod_mac`, down
+    /// (the kernel cannot open a veth before its pair is complete), both with `mtu`.
+    /// Creating the peer where it belongs spares moving it (a namespace move
+    /// unregisters and re-registers the device) and one request per setting.
+    pub async fn add_pod_veth(
+        &self,
+        host: &str,
+        pod_ifname: &str,
+        pod_mac: [u8; 6],
+        mtu: u32,
+        pod_netns: BorrowedFd<'_>,
+    ) -> Result<(), LinkError> {
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(pod_ifname.to_owned())
+            .address(pod_mac.to_vec())
+            .mtu(mtu)
+            .setns_by_fd(pod_netns.as_raw_fd())
+            .build();
+        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host.to_owned())
+            .mtu(mtu)
+            .up()
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
         self.handle
             .link()
-            .add(LinkVeth::new(name, peer).build())
-            .execute()
-            .await
-            .map_err(Self::err(format!("creating veth {name} (peer {peer})")))
-    }
-
-    /// Moves interface `index` into the namespace of `netns`.
-    pub async fn move_to_netns(&self, index: u32, netns: BorrowedFd<'_>) -> Result<(), LinkError> {
-        self.handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .setns_by_fd(netns.as_raw_fd())
-                    .build(),
-            )
+            .add(msg)
             .execute()
             .await
             .map_err(Self::err(format!(
-                "moving interface {index} into the pod namespace"
+                "creating veth {host} (peer {pod_ifname} in the pod namespace)"
             )))
-    }
-
-    /// Sets the name (if given), MAC (if given) and MTU of `index` and brings it up.
-    pub async fn configure(
-        &self,
-        index: u32,
-        name: Option<&str>,
-        mac: Option<[u8; 6]>,
-        mtu: u32,
-    ) -> Result<(), LinkError> {
-        let mut msg = LinkUnspec::new_with_index(index).mtu(mtu);
-        if let Some(name) = name {
-            msg = msg.name(name);
-        }
-        if let Some(mac) = mac {
-            msg = msg.address(mac.to_vec());
-        }
-        self.handle
-            .link()
-            .set(msg.build())
-            .execute()
-            .await
-            .map_err(Self::err(format!("configuring interface {index}")))?;
-        self.up(index).await
     }
 
     pub async fn up(&self, index: u32) -> Result<(), LinkError> {

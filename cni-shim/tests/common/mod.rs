@@ -331,6 +331,36 @@ impl Worker {
         v.as_array().expect("a list").len()
     }
 
+    /// The stubs' non-zero counters (bpftool), for failure messages.
+    pub fn counters(&self) -> String {
+        let out = Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(self.pin_dir.join("counters"))
+            .output()
+            .expect("running bpftool");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let mut found = Vec::new();
+        for (slot, entry) in v.as_array().into_iter().flatten().enumerate() {
+            let total: u64 = entry["formatted"]["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["value"].as_u64())
+                .sum();
+            if total > 0 {
+                let name = sluice_dataplane::stubs::layout::COUNTERS
+                    .get(slot)
+                    .map(|c| c.label())
+                    .unwrap_or("?");
+                found.push(format!("{name}={total}"));
+            }
+        }
+        if found.is_empty() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        found.join(" ")
+    }
+
     /// Host-side pod veths (`sl` + 11 hex) in the worker namespace.
     pub fn pod_veths(&self) -> Vec<String> {
         let out = ip(&["-n", &self.ns.name, "-o", "link", "show"]);
@@ -566,10 +596,10 @@ impl Gateway {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    /// Packets the gateway's workers received (sum over workers).
-    pub fn rx_packets(&self) -> u64 {
+    /// The gateway's Prometheus text, fetched from inside its namespace.
+    pub fn metrics(&self) -> String {
         let ns = format!("/run/netns/{}", self.ns);
-        let text = std::thread::scope(|s| {
+        std::thread::scope(|s| {
             s.spawn(|| {
                 let f = File::open(&ns).expect("gateway netns");
                 setns(&f, CloneFlags::CLONE_NEWNET).expect("setns");
@@ -581,8 +611,13 @@ impl Gateway {
             .join()
             .expect("metrics thread")
         })
-        .unwrap_or_else(|e| panic!("metrics: {e}: {}", self.stderr()));
-        text.lines()
+        .unwrap_or_else(|e| panic!("metrics: {e}: {}", self.stderr()))
+    }
+
+    /// Packets the gateway's workers received (sum over workers).
+    pub fn rx_packets(&self) -> u64 {
+        self.metrics()
+            .lines()
             .filter(|l| l.starts_with("sluice_rx_packets_total"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()

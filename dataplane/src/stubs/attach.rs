@@ -29,6 +29,16 @@ pub(super) fn attach(
     };
     let index = netlink_index(ifindex, program)?;
     let xdp = Xdp::new(prog);
+    // An interface without a program (a new pod veth) takes it in one request: with
+    // UPDATE_IF_NOEXIST the kernel itself refuses if anything is attached, so nothing
+    // foreign can be replaced. The query below is skipped because libbpf implements it
+    // as a dump of every link in the namespace, a cost that grows with the pods on the
+    // node. Any refusal (a program there, native mode unsupported) takes the full path.
+    match xdp.attach(index, XdpFlags::DRV_MODE | XdpFlags::UPDATE_IF_NOEXIST) {
+        Ok(()) => return Ok(()),
+        Err(e) if explain(&e).contains(ENODEV) => return Err(err("attaching")(e)),
+        Err(_) => {}
+    }
     let attached = xdp.query(index, XdpFlags::NONE).map_err(err("querying"))?;
     for prog_id in [
         attached.drv_prog_id,
