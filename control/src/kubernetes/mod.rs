@@ -7,9 +7,12 @@
 //! * [`model`]: pure functions from Pods, Namespaces, Services and EndpointSlices to the
 //!   object model (networks from annotations, ready endpoints, named ports).
 //! * [`lease`]: leader election over a `coordination.k8s.io` Lease.
+//! * [`rbac`]: what each component may do with the Kubernetes API (the manifests grant
+//!   exactly this).
 //! * [`operator`]: the watchers and reconcilers (finalizers, status by server-side
 //!   apply, requeue with backoff) feeding the controller.
 pub mod crd;
 pub mod lease;
 pub mod model;
 pub mod operator;
+pub mod rbac;
