@@ -32,6 +32,10 @@ apt_packages+=(prometheus)
 # The node agent's tests (cni-shim/tests): Debian's Go and libcni build the independent
 # CNI client (tests/libcni-driver) offline; bpftool counts the stubs' map entries.
 apt_packages+=(golang-go golang-github-appc-cni-dev bpftool)
+# The demo cluster and its end-to-end checks (scripts/demo.sh): jq reads sluicectl's and
+# bpftool's JSON, curl the gateways' metrics, tshark decodes a capture of the underlay's
+# Geneve (it asks a question without DEBIAN_FRONTEND=noninteractive, set below).
+apt_packages+=(jq curl tshark)
 # scripts/bench.sh (--bench): the contenders (iptables and nftables rules as kube-proxy
 # writes them; DPDK's testpmd and its AF_XDP PMD, which come only in these two packages).
 if ((want_bench)); then

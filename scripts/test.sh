@@ -36,6 +36,24 @@ else
     "(scripts/setup.sh installs them with pip)"
 fi
 
+step "release binaries (scripts/build-release.sh, which the Dockerfile's build stage runs)"
+scripts/build-release.sh target/release/dist
+# The Dockerfile must build with that script and ship every binary it produces.
+grep -q '^RUN scripts/build-release.sh /out$' Dockerfile \
+  || { echo "Dockerfile: the build stage no longer runs scripts/build-release.sh /out" >&2; exit 1; }
+for b in $(sed -n 's/^binaries=(\(.*\))$/\1/p' scripts/build-release.sh); do
+  grep -q "/out/$b" Dockerfile || { echo "Dockerfile: does not copy $b from the build stage" >&2; exit 1; }
+  if [[ $b == sluice-cni ]]; then # a CNI plugin answers VERSION, not --help
+    echo '{"cniVersion":"1.0.0"}' | CNI_COMMAND=VERSION "target/release/dist/$b" >/dev/null
+  else
+    "target/release/dist/$b" --help >/dev/null
+  fi || { echo "target/release/dist/$b does not run" >&2; exit 1; }
+done
+echo "Dockerfile and scripts/build-release.sh agree; every binary runs"
+
+step "the demo cluster with its end-to-end checks (scripts/demo.sh --e2e)"
+SLUICE_BIN=target/release/dist scripts/demo.sh --no-build --e2e
+
 # Last, so that the runner's summary closes the log.
 step "cargo test"
 cargo test --workspace --release --no-fail-fast 2>&1 | tee /tmp/sluice-test.log
