@@ -226,11 +226,9 @@ fn start_backend(ns: &Netns, name: &str) -> Spawned {
 /// reply come from VIP:80 (the kernel drops bad checksums, so they are valid too), the
 /// TCP handshake completes, and the flows spread over more than one backend (their own
 /// answers and the gateway's per-backend counters say so).
+/// (This passes only because the node agent turns TX checksum offload off on each pod's
+/// eth0: otherwise the client's checksums stay partial through the agent stub.)
 #[test]
-#[ignore = "missing: the node agent must turn TX checksum offload off on the pod side of \
-            each veth (ethtool features); without it the client's UDP/TCP checksums stay \
-            partial through the agent stub and backends drop them (UdpInCsumErrors). With \
-            `ethtool -K eth0 tx off` in the pods this test passes."]
 fn a_service_vip_answers_from_the_vip_and_spreads_over_backends() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     assert_root("gateway test bed");

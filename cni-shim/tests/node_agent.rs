@@ -84,6 +84,18 @@ fn add_check_del_over_the_shim() {
     );
     assert_eq!(w.map_entries("pods"), 1);
     assert_eq!(w.map_entries("endpoints"), 1);
+    // TX checksum offload is off on the pod side (the agent stub redirects in XDP, where
+    // a partial checksum would never be completed); read by the ethtool binary.
+    let features = nsenter(&p.name, &["ethtool", "-k", "eth0"]);
+    assert!(features.status.success(), "{features:?}");
+    let features = String::from_utf8_lossy(&features.stdout);
+    assert!(
+        features.contains("tx-checksumming: off"),
+        "pod eth0 still offloads TX checksums:\n{features}"
+    );
+    for f in ["tx-checksum-ip-generic", "tx-checksum-sctp"] {
+        assert!(features.contains(&format!("{f}: off")), "{f}:\n{features}");
+    }
 
     // ADD again: same result (idempotent), nothing new.
     let again = w.cni("ADD", "c1", &p.path(), &conf).ok().json();

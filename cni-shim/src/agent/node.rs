@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::allocator::{AllocError, Allocation, Allocator, AttachRequest};
 use super::config::NodeConfig;
+use super::ethtool::{Ethtool, EthtoolError};
 use super::link::{LinkError, Netlink};
 use super::netns::{Netns, NetnsError};
 use super::records::{Record, RecordError, Records};
@@ -46,6 +47,8 @@ pub enum AgentError {
     #[error("XDP stubs: {0}")]
     Stubs(#[from] StubError),
     #[error("{0}")]
+    Ethtool(#[from] EthtoolError),
+    #[error("{0}")]
     Record(#[from] RecordError),
     #[error("{0}")]
     UnknownContainer(String),
@@ -67,9 +70,11 @@ impl AgentError {
             Self::Netns(_) => code::INVALID_ENVIRONMENT,
             Self::Alloc(AllocError::Unreachable { .. }) => code::TRY_AGAIN_LATER,
             Self::Alloc(_) => code::ALLOCATION_FAILED,
-            Self::Link(_) | Self::Stubs(_) | Self::Injected(_) | Self::Socket(_) => {
-                code::KERNEL_SETUP_FAILED
-            }
+            Self::Link(_)
+            | Self::Stubs(_)
+            | Self::Ethtool(_)
+            | Self::Injected(_)
+            | Self::Socket(_) => code::KERNEL_SETUP_FAILED,
             Self::Record(_) => code::IO_FAILURE,
             Self::UnknownContainer(_) => code::UNKNOWN_CONTAINER,
             Self::Mismatch(_) => code::CHECK_MISMATCH,
@@ -272,6 +277,8 @@ struct Node<A> {
     identity: NodeIdentity,
     pod_mtu: u32,
     fault: Option<String>,
+    /// The ethtool generic netlink family's id, once resolved.
+    ethtool_family: Option<u16>,
 }
 
 /// A step of ADD to take back.
@@ -351,6 +358,7 @@ impl<A: Allocator> Node<A> {
             identity,
             pod_mtu,
             fault,
+            ethtool_family: None,
         };
         node.adopt()
             .await
@@ -580,17 +588,24 @@ impl<A: Allocator> Node<A> {
     ) -> Result<(), AgentError> {
         let alloc = &record.allocation;
         // One visit to the pod's namespace: its interface index (an ioctl, answered from
-        // a hash), the pod-side program, and a netlink socket, which keeps talking to
-        // that namespace after the thread steps back out.
-        let (pod, pod_index) = {
+        // a hash), the pod-side program, and the netlink sockets (route and ethtool),
+        // which keep talking to that namespace after the thread steps back out.
+        let (pod, mut ethtool, pod_index) = {
             let _inside = netns.enter(&self.home)?;
             let pod_index = nix::net::if_::if_nametoindex(att.ifname.as_str()).map_err(|e| {
                 AgentError::Mismatch(format!("{} vanished while being set up ({e})", att.ifname))
             })?;
             self.stubs.attach_pod_side(pod_index)?;
-            (Netlink::open().map_err(AgentError::Socket)?, pod_index)
+            let pod = Netlink::open().map_err(AgentError::Socket)?;
+            (pod, Ethtool::open(self.ethtool_family)?, pod_index)
         };
+        self.ethtool_family = Some(ethtool.family());
         laps.lap("pod_netns");
+        // The pod's stack must write full L4 checksums: the agent stub redirects its
+        // frames in XDP, where a checksum left to offload is never completed.
+        ethtool.disable_tx_checksums(pod_index)?;
+        drop(ethtool);
+        laps.lap("tx_csum_off");
         // The interface up first (a route over a down interface is refused), then the
         // rest together: they are independent (the default route is onlink, so it needs
         // no address first).
@@ -851,5 +866,15 @@ mod tests {
         assert_eq!(a.len(), 13);
         assert!(is_host_ifname(&a));
         assert!(!is_host_ifname("slow0"));
+    }
+
+    #[test]
+    fn a_failed_ethtool_request_is_a_kernel_setup_failure() {
+        let e = AgentError::from(EthtoolError::StillOn {
+            index: 7,
+            features: vec!["tx-checksum-ip-generic".to_owned()],
+        });
+        assert_eq!(e.cni_code(), code::KERNEL_SETUP_FAILED);
+        assert!(e.to_string().contains("tx-checksum-ip-generic"), "{e}");
     }
 }
