@@ -44,7 +44,8 @@
 #define NEIGHBOR_VALUE_SIZE 8
 #define REV_NAT_KEY_SIZE 20
 #define REV_NAT_VALUE_SIZE 8
-#define HOST_CACHE_VALUE_SIZE 4
+#define HOST_CACHE_VALUE_SIZE 16
+#define HOST_CACHE_TTL_NS 10000000000
 /* END STUB MAPS */
 
 #include <linux/types.h>
@@ -104,6 +105,19 @@ struct rev_nat_value {
 	__u8 pad[2];
 };
 
+/*
+ * host_cache: (VNI, remote endpoint) -> the underlay address of its host, and when the
+ * transit stub last learned it (bpf_ktime_get_ns, CLOCK_MONOTONIC). The agent stub uses
+ * an entry only while it is younger than HOST_CACHE_TTL_NS: a pod that was deleted or
+ * moved stops drawing DIRECT traffic to its old host within that time (the bouncer
+ * re-hints), while every HOST_HINT or DIRECT received refreshes the entries of live flows.
+ */
+struct host_cache_value {
+	__be32 host;
+	__u32 pad;
+	__u64 learned_ns;
+};
+
 _Static_assert(sizeof(struct node_config) == NODE_CONFIG_SIZE, "node_config");
 _Static_assert(sizeof(struct pod_value) == POD_VALUE_SIZE, "pod_value");
 _Static_assert(__builtin_offsetof(struct pod_value, bouncer_count) == 20, "pod_value");
@@ -114,6 +128,8 @@ _Static_assert(sizeof(struct neighbor_value) == NEIGHBOR_VALUE_SIZE, "neighbor_v
 _Static_assert(sizeof(struct rev_nat_key) == REV_NAT_KEY_SIZE, "rev_nat_key");
 _Static_assert(__builtin_offsetof(struct rev_nat_key, proto) == 16, "rev_nat_key");
 _Static_assert(sizeof(struct rev_nat_value) == REV_NAT_VALUE_SIZE, "rev_nat_value");
+_Static_assert(sizeof(struct host_cache_value) == HOST_CACHE_VALUE_SIZE, "host_cache_value");
+_Static_assert(__builtin_offsetof(struct host_cache_value, learned_ns) == 8, "host_cache_value");
 
 /*
  * Slots of the per-CPU counters map. Outcomes (AGENT_SAME_HOST .. AGENT_ENCAP_DIRECT,

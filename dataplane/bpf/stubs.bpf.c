@@ -102,12 +102,12 @@ struct {
 	__type(value, struct neighbor_value);
 } neighbors SEC(".maps");
 
-/* (VNI, remote endpoint) -> the underlay address of its host. */
+/* (VNI, remote endpoint) -> the underlay address of its host, and when it was learned. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct endpoint_key);
-	__type(value, __be32);
+	__type(value, struct host_cache_value);
 } host_cache SEC(".maps");
 
 struct {
@@ -400,8 +400,8 @@ int sluice_agent(struct xdp_md *ctx)
 	struct node_config *node;
 	struct pod_value *pod;
 	struct ethhdr *eth = data;
+	struct host_cache_value *host;
 	struct iphdr *ip;
-	__be32 *host;
 	int drop;
 
 	pod = bpf_map_lookup_elem(&pods, &ifindex);
@@ -441,8 +441,9 @@ int sluice_agent(struct xdp_md *ctx)
 
 	if (!mac_equal(eth->h_dest, pod->router_mac)) {
 		host = bpf_map_lookup_elem(&host_cache, &key);
-		if (host)
-			return encapsulate(ctx, node, *host, pod->vni,
+		/* An entry older than the TTL is a miss: the bouncer path re-learns it. */
+		if (host && bpf_ktime_get_ns() - host->learned_ns <= HOST_CACHE_TTL_NS)
+			return encapsulate(ctx, node, host->host, pod->vni,
 					   flow_hash(ip->saddr, ip->daddr), 1,
 					   STUB_CTR_AGENT_ENCAP_DIRECT);
 	}
@@ -466,15 +467,20 @@ static __always_inline void record(const struct options *opts, __u32 vni, __be32
 				   __be32 inner_src, struct iphdr *inner_ip, void *data_end)
 {
 	struct endpoint_key key = { .vni = vni };
+	struct host_cache_value learned = {};
 
+	if (opts->has_hint || opts->has_direct)
+		learned.learned_ns = bpf_ktime_get_ns();
 	if (opts->has_hint) {
 		key.ip = opts->hint_endpoint;
-		if (bpf_map_update_elem(&host_cache, &key, &opts->hint_host, BPF_ANY) == 0)
+		learned.host = opts->hint_host;
+		if (bpf_map_update_elem(&host_cache, &key, &learned, BPF_ANY) == 0)
 			count(STUB_CTR_TRANSIT_HOST_HINT, 0);
 	}
 	if (opts->has_direct) {
 		key.ip = inner_src;
-		if (bpf_map_update_elem(&host_cache, &key, &outer_src, BPF_ANY) == 0)
+		learned.host = outer_src;
+		if (bpf_map_update_elem(&host_cache, &key, &learned, BPF_ANY) == 0)
 			count(STUB_CTR_TRANSIT_DIRECT, 0);
 	}
 	if (opts->has_orig && inner_ip && inner_ip->protocol == opts->vip_proto &&

@@ -12,12 +12,13 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;
+use std::time::Duration;
 
 use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, UdpHeader};
 use sluice_api::MacAddr;
 use sluice_dataplane::stubs::{
-    action, flow_hash, NodeIdentity, NodeStubs, PodEntry, RevNatKey, RevNatValue, StubError,
-    StubProgram, TestRun, COUNTERS, MAX_BOUNCERS,
+    action, flow_hash, layout, NodeIdentity, NodeStubs, PodEntry, RevNatKey, RevNatValue,
+    StubError, StubProgram, TestRun, COUNTERS, MAX_BOUNCERS,
 };
 use sluice_dataplane::testkit::{
     self, geneve_packet, inner_arp_request, inner_tcp, inner_udp, OuterSpec, RawOption, GW, GW2,
@@ -423,6 +424,57 @@ fn transit_caches_the_sender_of_direct_packets() {
     assert_eq!(run.frame, inner);
     assert_eq!(bed.stubs.cached_host(VNI_A, POD_A2).unwrap(), Some(H2));
     bed.assert_counters(&[("transit_delivered", 1), ("transit_direct", 1)]);
+}
+
+/// A host_cache entry older than HOST_CACHE_TTL_NS is a miss: the agent goes back to a
+/// bouncer (a pod that was deleted or moved stops drawing DIRECT traffic to its old host),
+/// and the next hint or DIRECT packet makes the entry fresh again.
+#[test]
+fn host_cache_entries_older_than_the_ttl_are_not_used() {
+    let bed = Bed::new();
+    let ttl = Duration::from_nanos(layout::HOST_CACHE_TTL_NS);
+    let learn = || {
+        let reply = inner_arp_request(POD_A2_MAC, POD_A2, POD_A1);
+        let hint = vec![RawOption::host_hint(POD_A2, H2)];
+        let packet = to_node((GW, GW_MAC), VNI_A, hint, &reply);
+        assert_eq!(bed.transit(&packet).action, action::REDIRECT);
+    };
+    let inner = inner_udp(POD_A1_MAC, POD_A2_MAC, POD_A1, POD_A2, (40_000, 53), b"q");
+    let outer_dst = |frame: &[u8]| Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
+
+    learn();
+    // Just inside the TTL (one second to spare for the test's own time): still direct.
+    assert!(bed
+        .stubs
+        .age_cached_host(VNI_A, POD_A2, ttl - Duration::from_secs(1))
+        .unwrap());
+    let run = bed.agent(&inner);
+    assert_eq!((run.action, outer_dst(&run.frame)), (action::REDIRECT, H2));
+
+    // Past it: the entry is still there, but the agent asks a bouncer.
+    assert!(bed
+        .stubs
+        .age_cached_host(VNI_A, POD_A2, Duration::from_secs(2))
+        .unwrap());
+    assert_eq!(bed.stubs.cached_host(VNI_A, POD_A2).unwrap(), Some(H2));
+    let run = bed.agent(&inner);
+    assert_eq!(run.action, action::REDIRECT);
+    assert_eq!(outer_dst(&run.frame), bouncer_for(POD_A1, POD_A2).0);
+
+    // The bouncer's next hint refreshes it: direct again.
+    learn();
+    let run = bed.agent(&inner);
+    assert_eq!(outer_dst(&run.frame), H2);
+    bed.assert_counters(&[
+        ("transit_delivered", 2),
+        ("transit_host_hint", 2),
+        ("agent_encap_direct", 2),
+        ("agent_encap_bouncer", 1),
+    ]);
+    assert!(!bed
+        .stubs
+        .age_cached_host(VNI_B, POD_A2, Duration::from_secs(1))
+        .unwrap());
 }
 
 /// The gateway DNATed client A2 -> VIP into A2 -> backend A1 and says so; the backend's

@@ -27,8 +27,12 @@ pub const NEIGHBOR_VALUE_SIZE: usize = 8;
 pub const REV_NAT_KEY_SIZE: usize = 20;
 /// `sizeof(struct rev_nat_value)`: vip (0), vip_port (4), pad (6).
 pub const REV_NAT_VALUE_SIZE: usize = 8;
-/// `sizeof` the host cache's value: the host's address.
-pub const HOST_CACHE_VALUE_SIZE: usize = 4;
+/// `sizeof(struct host_cache_value)`: host (0), pad (4), learned_ns (8).
+pub const HOST_CACHE_VALUE_SIZE: usize = 16;
+/// How long the agent stub trusts a host_cache entry after the transit stub learned it
+/// (`HOST_CACHE_TTL_NS`): older entries are misses, so traffic to a pod that was deleted
+/// or moved goes back through a bouncer (which re-hints) instead of to its old host.
+pub const HOST_CACHE_TTL_NS: u64 = 10_000_000_000;
 
 /// What the stubs count, in the order of `enum stub_counter` in `bpf/sluice.h`.
 ///
@@ -281,6 +285,33 @@ impl EndpointKey {
         b[0..4].copy_from_slice(&self.vni.to_ne_bytes());
         b[4..8].copy_from_slice(&self.ip.octets());
         b
+    }
+}
+
+/// `struct host_cache_value`: a remote endpoint's host and when the transit stub learned
+/// it (`bpf_ktime_get_ns`, CLOCK_MONOTONIC nanoseconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct HostCacheValue {
+    pub host: Ipv4Addr,
+    pub learned_ns: u64,
+}
+
+impl HostCacheValue {
+    pub fn encode(&self) -> [u8; HOST_CACHE_VALUE_SIZE] {
+        let mut b = [0u8; HOST_CACHE_VALUE_SIZE];
+        b[0..4].copy_from_slice(&self.host.octets());
+        b[8..16].copy_from_slice(&self.learned_ns.to_ne_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, String> {
+        check_len(b, HOST_CACHE_VALUE_SIZE, "value")?;
+        let mut learned = [0u8; 8];
+        learned.copy_from_slice(&b[8..16]);
+        Ok(HostCacheValue {
+            host: ip_at(b, 0),
+            learned_ns: u64::from_ne_bytes(learned),
+        })
     }
 }
 

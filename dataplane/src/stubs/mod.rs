@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType, Object, ObjectBuilder};
 
 pub use self::layout::{flow_hash, Counter, RevNatKey, RevNatValue, COUNTERS};
-use self::layout::{EndpointKey, EndpointValue, NodeConfig, PodValue};
+use self::layout::{EndpointKey, EndpointValue, HostCacheValue, NodeConfig, PodValue};
 
 /// Where the node agent pins the stubs' programs and maps.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sluice";
@@ -585,20 +585,54 @@ impl NodeStubs {
             .map_or(0, |(_, v)| v))
     }
 
-    /// The host the transit stub cached for (vni, ip). For tests and leak checks.
+    /// The host the transit stub cached for (vni, ip), whatever its age (the agent stub
+    /// ignores entries older than [`layout::HOST_CACHE_TTL_NS`]). For tests and leak
+    /// checks.
     pub fn cached_host(&self, vni: u32, ip: Ipv4Addr) -> Result<Option<Ipv4Addr>, StubError> {
+        Ok(self.host_cache_entry(vni, ip)?.map(|v| v.host))
+    }
+
+    fn host_cache_entry(
+        &self,
+        vni: u32,
+        ip: Ipv4Addr,
+    ) -> Result<Option<HostCacheValue>, StubError> {
         let key = EndpointKey { vni, ip }.encode();
         let Some(bytes) = lookup(&self.host_cache, MAP_HOST_CACHE, &key)? else {
             return Ok(None);
         };
-        let octets: [u8; 4] = bytes
-            .get(..4)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| StubError::Decode {
+        HostCacheValue::decode(&bytes)
+            .map(Some)
+            .map_err(|what| StubError::Decode {
                 map: MAP_HOST_CACHE,
-                what: format!("value of {} bytes", bytes.len()),
-            })?;
-        Ok(Some(Ipv4Addr::from(octets)))
+                what,
+            })
+    }
+
+    /// Makes the host_cache entry of (vni, ip) look learned `by` earlier than it was
+    /// (its timestamp moved back, not below 0); Ok(false) if there is none. For tests
+    /// of the TTL: the stubs' clock (`bpf_ktime_get_ns`) is only read in BPF, so aging
+    /// an entry the transit stub wrote stays on that clock.
+    pub fn age_cached_host(
+        &self,
+        vni: u32,
+        ip: Ipv4Addr,
+        by: std::time::Duration,
+    ) -> Result<bool, StubError> {
+        let Some(mut value) = self.host_cache_entry(vni, ip)? else {
+            return Ok(false);
+        };
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        value.learned_ns = value.learned_ns.saturating_sub(by);
+        let key = EndpointKey { vni, ip }.encode();
+        update(
+            &self.host_cache,
+            MAP_HOST_CACHE,
+            &key,
+            &value.encode(),
+            &format!("ageing the cached host of {ip} (VNI {vni})"),
+        )?;
+        Ok(true)
     }
 
     /// The reverse-NAT entries: (vni, proto, backend ip, backend port, client ip, client
