@@ -62,7 +62,12 @@ fn request(i: usize) -> AttachRequest {
         interface: "eth0".into(),
         pod_namespace: "default".into(),
         pod_name: format!("pod-{i}"),
-        network: if i.is_multiple_of(2) { "blue-a" } else { "blue-b" }.into(),
+        network: if i.is_multiple_of(2) {
+            "blue-a"
+        } else {
+            "blue-b"
+        }
+        .into(),
     }
 }
 
