@@ -107,6 +107,13 @@ impl Series {
     }
 }
 
+/// The first three fields of /proc/loadavg.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .unwrap_or_else(|e| format!("unknown ({e})"))
+}
+
 #[test]
 #[ignore = "benchmark: run by scripts/bench-provision.sh"]
 fn provisioning_time() {
@@ -115,6 +122,7 @@ fn provisioning_time() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
+    let load_at_start = loadavg();
     let base = unique("sl-prov");
     let underlay = Underlay::new(&base);
     let gw_ns = Netns::new(format!("{base}-gw"));
@@ -237,6 +245,13 @@ fn provisioning_time() {
         breakdown += "\n";
     }
     print!("{breakdown}");
+    let load = format!(
+        "Machine: {} cores, load average (1, 5, 15 min) {load_at_start} at the start and {} at \
+         the end (other work on the machine shows in the tail).",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        loadavg()
+    );
+    println!("{load}");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../perf/results/provision.md");
     std::fs::write(
         &out,
@@ -244,7 +259,7 @@ fn provisioning_time() {
             "# Pod provisioning time\n\nFrom the start of `sluice-cni` ADD to the first ping reply \
              from a peer pod on the same worker (ARP answered by the gateway), \
              `scripts/bench-provision.sh`. Includes starting `sluice-cni` and one \
-             `nsenter ping` per try. \"ADD alone\" is until `sluice-cni` exits.\n\n{summary}\n\
+             `nsenter ping` per try. \"ADD alone\" is until `sluice-cni` exits.\n\n{load}\n\n{summary}\n\
              ## Where the time goes\n\nPer step (`·` marks parts of the line above; steps \
              are the agent's own timings, logged on its \"attached\" line). Percentiles are \
              per row, so parts need not add up to the p99 of their whole.\n\n{breakdown}"
