@@ -11,6 +11,8 @@
 //! --workspace`; otherwise `cargo build -p sluice-control --bin sluice-controller`).
 
 use std::net::Ipv4Addr;
+
+use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,7 +22,7 @@ use nix::unistd::Pid;
 use sluice_cni::agent::allocator::{
     AllocError, Allocator, AttachRequest, ControllerAllocator, PEER_REFRESH,
 };
-use sluice_cni::api::client::{connect, Target};
+use sluice_cni::api::client::{connect, ClientTls, Target};
 use sluice_cni::api::proto::v1::controller_client::ControllerClient;
 use sluice_cni::api::proto::v1::{ApplyObjectsRequest, ClusterObject};
 
@@ -50,6 +52,9 @@ struct Controller {
     socket: PathBuf,
     store: PathBuf,
     stderr: PathBuf,
+    /// Serving on TCP with mutual TLS: (server cert, server key, client CA) and the
+    /// address bound (port 0 until started).
+    tls: Option<([PathBuf; 3], String)>,
 }
 
 impl Controller {
@@ -59,6 +64,21 @@ impl Controller {
             socket: dir.join("controller.sock"),
             store: dir.join("controller.redb"),
             stderr: dir.join("controller.stderr"),
+            tls: None,
+        };
+        c.spawn();
+        c
+    }
+
+    /// Serves `https://127.0.0.1:PORT` (a free port the controller picks) with mutual
+    /// TLS: `files` are its certificate, its key and the CA of client certificates.
+    fn start_tls(dir: &Path, files: [PathBuf; 3]) -> Self {
+        let mut c = Controller {
+            child: None,
+            socket: dir.join("unused.sock"),
+            store: dir.join("controller.redb"),
+            stderr: dir.join("controller.stderr"),
+            tls: Some((files, "127.0.0.1:0".into())),
         };
         c.spawn();
         c
@@ -71,11 +91,20 @@ impl Controller {
             .append(true)
             .open(&self.stderr)
             .expect("stderr file");
-        let child = Command::new(controller_bin())
-            .arg("--store")
-            .arg(&self.store)
-            .arg("--listen")
-            .arg(self.url())
+        let mut command = Command::new(controller_bin());
+        command.arg("--store").arg(&self.store);
+        match &self.tls {
+            None => command.arg("--listen").arg(self.url()),
+            Some(([cert, key, ca], _)) => command
+                .args(["--listen", "https://127.0.0.1:0", "--tls-cert"])
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key)
+                .arg("--client-ca")
+                .arg(ca),
+        };
+        let child = command
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -83,18 +112,41 @@ impl Controller {
             .expect("starting sluice-controller");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.socket.exists() {
+        while !self.ready() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("wait") {
                 self.child = None;
                 panic!("sluice-controller exited ({status}): {}", self.stderr());
             }
-            assert!(Instant::now() < deadline, "no socket: {}", self.stderr());
+            assert!(Instant::now() < deadline, "not serving: {}", self.stderr());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
+    /// Whether it serves; for TCP, records the bound address it logs.
+    fn ready(&mut self) -> bool {
+        let Some((_, bound)) = &mut self.tls else {
+            return self.socket.exists();
+        };
+        let log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        let Some(line) = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("serving sluice.v1.Controller"))
+        else {
+            return false;
+        };
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="));
+        *bound = addr.expect("the bound address is logged").to_owned();
+        true
+    }
+
     fn url(&self) -> String {
-        format!("unix://{}", self.socket.display())
+        match &self.tls {
+            None => format!("unix://{}", self.socket.display()),
+            Some((_, bound)) => format!("https://{bound}"),
+        }
     }
 
     fn stderr(&self) -> String {
@@ -116,8 +168,12 @@ impl Drop for Controller {
 }
 
 async fn apply(controller: &Controller, docs: &[&str]) {
+    apply_with(controller, None, docs).await
+}
+
+async fn apply_with(controller: &Controller, tls: Option<&ClientTls>, docs: &[&str]) {
     let target: Target = controller.url().parse().expect("target");
-    let channel = connect(&target, None).await.expect("connect");
+    let channel = connect(&target, tls).await.expect("connect");
     ControllerClient::new(channel)
         .apply_objects(ApplyObjectsRequest {
             objects: docs
@@ -171,8 +227,8 @@ async fn the_node_agents_client_allocates_from_the_real_controller() {
     apply(&controller, &OBJECTS).await;
 
     // Registering: the gateway comes back; the second node also learns the first.
-    let n1 = ControllerAllocator::new(&controller.url()).expect("target");
-    let n2 = ControllerAllocator::new(&controller.url()).expect("target");
+    let n1 = ControllerAllocator::new(&controller.url(), None).expect("target");
+    let n2 = ControllerAllocator::new(&controller.url(), None).expect("target");
     let hosts = n1.register("n1", N1.0, N1.1).await.expect("register n1");
     assert_eq!(hosts, vec![GW], "n1 is alone with the gateway");
     let hosts = n2.register("n2", N2.0, N2.1).await.expect("register n2");
@@ -240,4 +296,141 @@ async fn the_node_agents_client_allocates_from_the_real_controller() {
     );
     let hosts = patiently(async || n1.register("n1", N1.0, N1.1).await).await;
     assert_eq!(hosts.expect("register again"), vec![GW, N2]);
+
+    // A controller that has forgotten the node (a new leader in Kubernetes mode starts
+    // without registrations): the client registers again and the attach goes through.
+    controller.kill();
+    std::fs::remove_file(&controller.store).expect("removing the store");
+    controller.spawn();
+    apply(&controller, &OBJECTS).await;
+    let d = patiently(async || n1.attach(&pod("n1", "pod-d", "blue/blue-a")).await).await;
+    let d =
+        d.unwrap_or_else(|e| panic!("attach after re-registering: {e}: {}", controller.stderr()));
+    assert_eq!(d.ip, Ipv4Addr::new(10, 0, 1, 2));
+}
+
+/// A CA and, signed by it, a server certificate for 127.0.0.1 and a client certificate,
+/// written as PEM files under `dir` with `prefix`: (ca, server cert, server key, client
+/// cert, client key).
+fn pki(dir: &Path, prefix: &str) -> [PathBuf; 5] {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair,
+    };
+    let mut ca_params = CertificateParams::new(vec![]).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("sluice test CA {prefix}"));
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |names: Vec<String>, usage| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let server = leaf(
+        vec!["127.0.0.1".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let client = leaf(vec!["node-1".into()], ExtendedKeyUsagePurpose::ClientAuth);
+    let files = [
+        ("ca.crt", ca.pem()),
+        ("server.crt", server.0),
+        ("server.key", server.1),
+        ("client.crt", client.0),
+        ("client.key", client.1),
+    ];
+    files.map(|(name, text)| {
+        let path = dir.join(format!("{prefix}-{name}"));
+        std::fs::write(&path, text).unwrap();
+        path
+    })
+}
+
+#[tokio::test]
+async fn the_node_agents_client_reaches_the_controller_over_tcp_with_mutual_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [ca, server_cert, server_key, client_cert, client_key] = pki(dir.path(), "good");
+    let controller = Controller::start_tls(dir.path(), [server_cert, server_key, ca.clone()]);
+    let tls = ClientTls {
+        ca: ca.clone(),
+        cert: client_cert.clone(),
+        key: client_key.clone(),
+    };
+    apply_with(&controller, Some(&tls), &OBJECTS).await;
+
+    // The node agent's client over https:// with its certificate: the same allocation
+    // as over the Unix socket.
+    let n1 = ControllerAllocator::new(&controller.url(), Some(tls)).expect("target");
+    let hosts = n1.register("n1", N1.0, N1.1).await;
+    let hosts = hosts.unwrap_or_else(|e| panic!("register: {e}: {}", controller.stderr()));
+    assert_eq!(hosts, vec![GW]);
+    let a = n1.attach(&pod("n1", "pod-a", "blue/blue-a")).await;
+    let a = a.unwrap_or_else(|e| panic!("attach: {e}: {}", controller.stderr()));
+    assert_eq!(a.ip, Ipv4Addr::new(10, 0, 1, 2));
+    assert!(n1.detach("n1", "pod-a", "eth0").await.expect("detach"));
+
+    // Without TLS settings an https:// controller is refused before any connection.
+    let e = ControllerAllocator::new(&controller.url(), None).unwrap_err();
+    assert!(e.to_string().contains("needs [controller_tls]"), "{e}");
+
+    // A CA that did not sign the controller's certificate: refused, saying why.
+    let [other_ca, ..] = pki(dir.path(), "other");
+    let wrong = ControllerAllocator::new(
+        &controller.url(),
+        Some(ClientTls {
+            ca: other_ca,
+            cert: client_cert.clone(),
+            key: client_key.clone(),
+        }),
+    )
+    .expect("target");
+    let e = wrong.reachable().await.unwrap_err();
+    assert!(matches!(e, AllocError::Unreachable { .. }), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains(&controller.url()) && text.contains("UnknownIssuer"),
+        "the error names the controller and the certificate problem: {text}"
+    );
+
+    // A client certificate the controller's CA did not sign: the controller refuses it.
+    let [_, _, _, stranger_cert, stranger_key] = pki(dir.path(), "stranger");
+    let stranger = ControllerAllocator::new(
+        &controller.url(),
+        Some(ClientTls {
+            ca,
+            cert: stranger_cert,
+            key: stranger_key,
+        }),
+    )
+    .expect("target");
+    let e = stranger.reachable().await.unwrap_err();
+    assert!(matches!(e, AllocError::Unreachable { .. }), "{e}");
+}
+
+/// The node agent's configuration in the DaemonSet's ConfigMap is one `sluice-node`
+/// accepts, and it reaches the controller over mutual TLS with the mounted Secret.
+#[test]
+fn the_daemonsets_node_toml_names_the_controller_with_tls() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/kubernetes/30-node-agent.yaml");
+    let text = std::fs::read_to_string(&path).expect("30-node-agent.yaml");
+    let config_map = serde_norway::Deserializer::from_str(&text)
+        .map(|doc| serde_norway::Value::deserialize(doc).expect("YAML"))
+        .find(|doc| doc["kind"] == "ConfigMap")
+        .expect("the ConfigMap");
+    let node_toml = config_map["data"]["node.toml"].as_str().expect("node.toml");
+    let config = sluice_cni::agent::config::NodeConfig::parse(node_toml)
+        .unwrap_or_else(|e| panic!("node.toml in {}: {e}", path.display()));
+    assert!(config.controller.unwrap().starts_with("https://"));
+    let tls = config.controller_tls.expect("[controller_tls]");
+    for file in [tls.ca, tls.cert, tls.key] {
+        assert!(file.starts_with("/etc/sluice/tls/"), "{}", file.display());
+    }
+    assert!(
+        text.contains("mountPath: /etc/sluice/tls") && text.contains("secretName: sluice-tls"),
+        "the DaemonSet mounts Secret sluice-tls at /etc/sluice/tls"
+    );
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::Deserialize;
-use sluice_api::client::{connect, Target};
+use sluice_api::client::{connect, ClientTls, Target};
 use sluice_api::proto::v1::controller_client::ControllerClient;
 use sluice_api::proto::v1::{
     AttachEndpointRequest, DetachEndpointRequest, ListObjectsRequest, RegisterNodeRequest,
@@ -461,6 +461,8 @@ macro_rules! call {
 #[derive(Debug)]
 pub struct ControllerAllocator {
     target: Target,
+    /// Client certificate and CA for an `https://` controller.
+    tls: Option<ClientTls>,
     text: String,
     channel: tokio::sync::Mutex<Option<tonic::transport::Channel>>,
     peers: Mutex<Peers>,
@@ -473,18 +475,29 @@ pub const PEER_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 struct Peers {
     /// This node's underlay address (not its own neighbour).
     own: Option<Ipv4Addr>,
+    /// The registration, repeated when the controller has forgotten it (a new leader).
+    registered: Option<(String, Ipv4Addr, [u8; 6])>,
     known: HashMap<Ipv4Addr, [u8; 6]>,
     listed_at: Option<std::time::Instant>,
 }
 
 impl ControllerAllocator {
-    pub fn new(target: &str) -> Result<Self, AllocError> {
-        let parsed = target.parse().map_err(|e| AllocError::Unreachable {
+    /// A client of the controller at `target` (`unix:///path` or `https://host:port`);
+    /// an `https://` target needs `tls` (the controller serves TCP only with mutual TLS).
+    pub fn new(target: &str, tls: Option<ClientTls>) -> Result<Self, AllocError> {
+        let parsed: Target = target.parse().map_err(|e| AllocError::Unreachable {
             target: target.to_owned(),
             message: format!("{e}"),
         })?;
+        if matches!(parsed, Target::Https { .. }) && tls.is_none() {
+            return Err(AllocError::Unreachable {
+                target: target.to_owned(),
+                message: "an https:// controller needs [controller_tls] ca, cert and key".into(),
+            });
+        }
         Ok(ControllerAllocator {
             target: parsed,
+            tls,
             text: target.to_owned(),
             channel: tokio::sync::Mutex::new(None),
             peers: Mutex::new(Peers::default()),
@@ -496,13 +509,11 @@ impl ControllerAllocator {
         if let Some(channel) = cached.as_ref() {
             return Ok(ControllerClient::new(channel.clone()));
         }
-        // TLS material for https:// controllers is not configurable yet: a Unix socket
-        // (or a local proxy) is the supported way to reach the controller.
-        let channel = connect(&self.target, None)
+        let channel = connect(&self.target, self.tls.as_ref())
             .await
             .map_err(|e| AllocError::Unreachable {
                 target: self.text.clone(),
-                message: e.to_string(),
+                message: with_causes(&e),
             })?;
         *cached = Some(channel.clone());
         Ok(ControllerClient::new(channel))
@@ -597,6 +608,26 @@ fn host_of(h: &UnderlayHost) -> Result<UnderlayNeighbor, AllocError> {
     Ok((ip, mac))
 }
 
+/// An error with its causes, `: `-separated (a TLS failure says why only in its source:
+/// "invalid peer certificate: UnknownIssuer").
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let line = c.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// What the controller says when it does not know the node (a new leader in Kubernetes
+/// mode starts without registrations).
+const NOT_REGISTERED: &str = "is not registered; call RegisterNode first";
+
 fn refused(status: tonic::Status) -> AllocError {
     match status.code() {
         tonic::Code::NotFound => AllocError::UnknownNetwork(status.message().to_owned()),
@@ -612,7 +643,11 @@ impl Allocator for ControllerAllocator {
         ip: Ipv4Addr,
         mac: [u8; 6],
     ) -> Result<Vec<UnderlayNeighbor>, AllocError> {
-        self.peers.lock().expect("peers lock").own = Some(ip);
+        {
+            let mut p = self.peers.lock().expect("peers lock");
+            p.own = Some(ip);
+            p.registered = Some((node.to_owned(), ip, mac));
+        }
         let reply = call!(
             self,
             register_node,
@@ -634,18 +669,28 @@ impl Allocator for ControllerAllocator {
     }
 
     async fn attach(&self, req: &AttachRequest) -> Result<Allocation, AllocError> {
-        let r = call!(
-            self,
-            attach_endpoint,
-            AttachEndpointRequest {
-                node: req.node.clone(),
-                container_id: req.container_id.clone(),
-                interface: req.ifname.clone(),
-                pod_namespace: req.pod_namespace.clone(),
-                pod_name: req.pod_name.clone(),
-                network: req.network.clone(),
+        let request = AttachEndpointRequest {
+            node: req.node.clone(),
+            container_id: req.container_id.clone(),
+            interface: req.ifname.clone(),
+            pod_namespace: req.pod_namespace.clone(),
+            pod_name: req.pod_name.clone(),
+            network: req.network.clone(),
+        };
+        let r = match call!(self, attach_endpoint, request.clone()) {
+            // A controller that lost the registration (a new leader): register again
+            // and retry once.
+            Err(AllocError::Refused(why)) if why.contains(NOT_REGISTERED) => {
+                let registered = self.peers.lock().expect("peers lock").registered.clone();
+                let Some((node, ip, mac)) = registered else {
+                    return Err(AllocError::Refused(why));
+                };
+                tracing::info!(%node, "the controller forgot this node; registering again");
+                self.register(&node, ip, mac).await?;
+                call!(self, attach_endpoint, request.clone())?
             }
-        )?;
+            other => other?,
+        };
         let addr = |field: &str, v: &str| {
             v.parse::<Ipv4Addr>()
                 .map_err(|_| AllocError::BadReply(format!("{field} {v:?}")))

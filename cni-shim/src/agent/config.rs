@@ -30,12 +30,55 @@ pub struct NodeConfig {
     /// `static_allocation`).
     #[serde(default)]
     pub controller: Option<String>,
+    /// Mutual TLS to an `https://` controller: required for one, refused otherwise.
+    #[serde(default)]
+    pub controller_tls: Option<ControllerTls>,
     /// A static allocation file standing in for the controller.
     #[serde(default)]
     pub static_allocation: Option<PathBuf>,
     /// Pod MTU: "underlay" (underlay interface MTU minus 100) or a number.
     #[serde(default)]
     pub mtu: MtuSource,
+}
+
+/// `[controller_tls]`: PEM files for mutual TLS with the controller.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerTls {
+    /// The CA that signed the controller's certificate.
+    pub ca: PathBuf,
+    /// This node agent's client certificate, signed by the CA the controller trusts.
+    pub cert: PathBuf,
+    /// The key of `cert`.
+    pub key: PathBuf,
+}
+
+impl ControllerTls {
+    /// The files as `sluice-api`'s client takes them.
+    pub fn client_tls(&self) -> sluice_api::client::ClientTls {
+        sluice_api::client::ClientTls {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+
+    fn check(&self, controller: &str) -> Result<(), String> {
+        if !controller.starts_with("https://") {
+            return Err(format!(
+                "controller_tls: only for an https:// controller, not {controller:?}"
+            ));
+        }
+        for (field, path) in [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)] {
+            if !path.is_absolute() {
+                return Err(format!(
+                    "controller_tls.{field}: {:?} must be an absolute path to a PEM file",
+                    path.display().to_string()
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -92,10 +135,20 @@ impl NodeConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+        let invalid = |message| ConfigError::Invalid {
             path: path.to_path_buf(),
             message,
-        })
+        };
+        let config = Self::parse(&text).map_err(invalid)?;
+        if let Some(tls) = &config.controller_tls {
+            // Missing certificates fail here, at start, not at the first pod.
+            for (field, file) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+                std::fs::metadata(file).map_err(|e| {
+                    invalid(format!("controller_tls.{field}: {}: {e}", file.display()))
+                })?;
+            }
+        }
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -105,6 +158,19 @@ impl NodeConfig {
                 return Err("controller and static_allocation are exclusive: name one".into())
             }
             (None, None) => return Err("name either controller or static_allocation".into()),
+            _ => {}
+        }
+        match (&config.controller, &config.controller_tls) {
+            (Some(c), None) if c.starts_with("https://") => {
+                return Err(format!(
+                    "controller {c:?} accepts only mutual TLS: add [controller_tls] with \
+                     ca, cert and key (PEM file paths)"
+                ))
+            }
+            (Some(c), Some(tls)) => tls.check(c)?,
+            (None, Some(_)) => {
+                return Err("controller_tls: only with an https:// controller".into())
+            }
             _ => {}
         }
         if config.underlay_interface.is_empty() {
@@ -172,5 +238,48 @@ mod tests {
         assert!(e.contains("exclusive"), "{e}");
         let e = NodeConfig::parse("underlay_interface = \"eth0\"\ncontroler = \"x\"").unwrap_err();
         assert!(e.contains("controler"), "{e}");
+    }
+
+    #[test]
+    fn an_https_controller_needs_controller_tls() {
+        let base = "underlay_interface = \"eth0\"\ncontroller = \"https://c.example:7441\"\n";
+        let e = NodeConfig::parse(base).unwrap_err();
+        assert!(
+            e.contains("add [controller_tls] with ca, cert and key"),
+            "{e}"
+        );
+        let tls =
+            "[controller_tls]\nca = \"/t/ca.crt\"\ncert = \"/t/tls.crt\"\nkey = \"/t/tls.key\"\n";
+        let c = NodeConfig::parse(&format!("{base}{tls}")).expect("valid");
+        assert_eq!(
+            c.controller_tls.map(|t| t.client_tls().key),
+            Some(PathBuf::from("/t/tls.key"))
+        );
+        let e = NodeConfig::parse(&format!(
+            "{base}[controller_tls]\nca = \"/t/ca.crt\"\ncert = \"/t/tls.crt\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("key"), "{e}");
+        let e = NodeConfig::parse(&format!("{base}{}", tls.replace("/t/tls.crt", "tls.crt")))
+            .unwrap_err();
+        assert!(e.starts_with("controller_tls.cert:"), "{e}");
+        let unix = "underlay_interface = \"eth0\"\ncontroller = \"unix:///c.sock\"\n";
+        let e = NodeConfig::parse(&format!("{unix}{tls}")).unwrap_err();
+        assert!(e.starts_with("controller_tls: only for an https://"), "{e}");
+    }
+
+    #[test]
+    fn missing_tls_files_fail_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "underlay_interface = \"eth0\"\ncontroller = \"https://c:7441\"\n\
+             [controller_tls]\nca = \"/nonexistent/ca.crt\"\ncert = \"/nonexistent/tls.crt\"\n\
+             key = \"/nonexistent/tls.key\"\n",
+        )
+        .unwrap();
+        let e = NodeConfig::load(&file).unwrap_err().to_string();
+        assert!(e.contains("controller_tls.ca: /nonexistent/ca.crt"), "{e}");
     }
 }

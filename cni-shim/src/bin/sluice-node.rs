@@ -45,7 +45,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async move {
         let allocator = match (&config.controller, &config.static_allocation) {
-            (Some(target), _) => AnyAllocator::Controller(ControllerAllocator::new(target)?),
+            (Some(target), _) => AnyAllocator::Controller(ControllerAllocator::new(
+                target,
+                config.controller_tls.as_ref().map(|t| t.client_tls()),
+            )?),
             (None, Some(file)) => {
                 AnyAllocator::Static(StaticAllocator::load(file, &config.state_dir)?)
             }

@@ -189,7 +189,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let bound = server::bind(&listen, tls).await?;
-    tracing::info!(listen = %args.listen, "serving sluice.v1.Controller");
+    match bound.tcp_addr() {
+        // The bound address: the port chosen when --listen names port 0.
+        Some(addr) => tracing::info!(listen = %args.listen, %addr, "serving sluice.v1.Controller"),
+        None => tracing::info!(listen = %args.listen, "serving sluice.v1.Controller"),
+    }
     let service = ControllerService::new(controller, args.underlay_mtu);
     match lost {
         None => server::serve(bound, service, shutdown()).await?,
