@@ -22,7 +22,8 @@
 # Usage (root): scripts/bench.sh [--quick] [--no-wait]
 #   env: ROUNDS (default 2, quick 1), SECONDS_PER_RUN (default 5, quick 3),
 #        LATENCY_RATE (pps, default 10000), OUT (default perf/results),
-#        CONTENDERS_ONLY (space-separated names, default: all of the mode), BENCH_BIN_DIR
+#        CONTENDERS_ONLY (space-separated names, default: all of the mode; with it the
+#        loss and RSS runs happen only with RUN_LOSS=1, RUN_RSS=1), BENCH_BIN_DIR
 # Writes OUT/bench-<stamp>.json, OUT/bench.md, OUT/bench-throughput.png,
 # OUT/bench-services.png. Namespaces sl-bn-<pid>-*, deleted on any exit; addresses only in
 # 198.18.0.0/15 (underlay, kube-proxy VIPs and backends) and inside the namespaces.
@@ -373,7 +374,7 @@ traffic() {
 # a JSON line {contender, round, sent, gen_seconds, windows, ...} to samples.
 measure() {   # contender round mode(tput|latency)
     local c=$1 round=$2 mode=$3 extra="" sinkx="" secs=$SECS
-    if [ "$mode" = latency ]; then extra="--rate $LATENCY_RATE --stamps"; sinkx="--stamps"; secs=3; fi
+    if [ "$mode" = latency ]; then extra="--rate $LATENCY_RATE --batch 1 --stamps"; sinkx="--stamps"; secs=3; fi
     nsenter --net=/run/netns/"$SINK" -- "$GEN" sink --seconds $((secs + 2)) $sinkx > "$TMP/sink.json" 2>>"$TMP/sink.stderr" &
     SINK_PID=$!
     sleep 0.5
@@ -439,58 +440,66 @@ for round in $(seq "$ROUNDS"); do
 done
 # Loss and misroutes under table churn: the gateway doing DNAT (10,000 endpoints, 1,000
 # services, 10,000 flows) at LOSS_RATE, without and then with a controller applying 1,000
-# transactions per second over gRPC Apply. Loss = generated - delivered at the sink;
+# transactions per second over gRPC Apply (endpoints only, then endpoints and services). Loss = generated - delivered at the sink;
 # misrouted = frames that came back to the generator's host (every other endpoint lives on
 # the sink host) plus the gateway's drops, by reason, from its metrics.
 LOSS_RATE=${LOSS_RATE:-50000}
-metric_drops() {
+gw_metrics() {   # the gateway's packet counters and drops, summed over workers, as JSON
     inns "$DUT" python3 -c '
-import sys, urllib.request
+import json, urllib.request
 text = urllib.request.urlopen("http://127.0.0.1:9471/metrics", timeout=5).read().decode()
-drops = {}
+out, drops = {}, {}
 for line in text.splitlines():
-    if line.startswith("sluice_drops_total{"):
-        labels, value = line.rsplit(" ", 1)
-        reason = labels.split("reason=\"")[1].split("\"")[0]
+    if not line.startswith("sluice_") or " " not in line:
+        continue
+    name, value = line.rsplit(" ", 1)
+    base = name.split("{")[0].removeprefix("sluice_").removesuffix("_total")
+    if base == "drops":
+        reason = name.split("reason=\"")[1].split("\"")[0]
         drops[reason] = drops.get(reason, 0) + int(float(value))
-print(" ".join(f"{k}={v}" for k, v in sorted(drops.items()) if v) or "none")' 2>/dev/null || echo unknown
+    elif base in ("rx_packets", "tx_packets", "fill_ring_empty", "tx_ring_full"):
+        out[base] = out.get(base, 0) + int(float(value))
+out["drops"] = {k: v for k, v in drops.items() if v}
+print(json.dumps(out))' 2>/dev/null || echo '{}'
 }
 gen_rx() { ip netns exec "$GEN_NS" cat /sys/class/net/eth0/statistics/rx_packets; }
-for mode in baseline churn; do
-    [ -n "${CONTENDERS_ONLY:-}" ] && break
+for mode in baseline churn-endpoints churn; do
+    [ -n "${CONTENDERS_ONLY:-}" ] && [ -z "${RUN_LOSS:-}" ] && break
     start_gateway 10000 1000
     rx0=$(gen_rx)
     nsenter --net=/run/netns/"$SINK" -- "$GEN" sink --seconds $((SECS + 3)) > "$TMP/sink.json" 2>>"$TMP/sink.stderr" &
     SINK_PID=$!
     sleep 0.5
     CHURN_PID=
-    if [ "$mode" = churn ]; then
+    if [ "$mode" != baseline ]; then
+        only=; [ "$mode" = churn-endpoints ] && only=--endpoints-only
         "$GEN" churn --server "unix://$TMP/gateway.sock" --rate 1000 --seconds $((SECS + 1)) \
-            --endpoints 10000 --services 1000 > "$TMP/churn.json" 2>>"$TMP/churn.stderr" &
+            --endpoints 10000 --services 1000 $only > "$TMP/churn.json" 2>>"$TMP/churn.stderr" &
         CHURN_PID=$!
     fi
     inns "$GEN_NS" "$GEN" xsk --kind geneve --world-endpoints 10000 --services 1000 --port 80 \
-        --flows 10000 --rate "$LOSS_RATE" --seconds $((SECS + 1)) --core 0 > "$TMP/gen.json" 2>>"$TMP/gen.stderr"
+        --flows 10000 --rate "$LOSS_RATE" --batch 32 --seconds $((SECS + 1)) --core 0 > "$TMP/gen.json" 2>>"$TMP/gen.stderr"
     [ -z "$CHURN_PID" ] || wait "$CHURN_PID" || log "the churn controller failed: $(tail -1 "$TMP/churn.stderr")"
     wait "$SINK_PID" || true; SINK_PID=
-    drops=$(metric_drops)
+    metrics=$(gw_metrics)
     rx1=$(gen_rx)
-    python3 - "$mode" "$TMP/gen.json" "$TMP/sink.json" "$TMP/churn.json" "$((rx1 - rx0))" "$drops" "$LOSS_RATE" <<'PY' >> "$TMP/loss.jsonl"
+    python3 - "$mode" "$TMP/gen.json" "$TMP/sink.json" "$TMP/churn.json" "$((rx1 - rx0))" "$metrics" "$LOSS_RATE" <<'PY' >> "$TMP/loss.jsonl"
 import json, sys
-mode, gen, sink, churn, back, drops, rate = sys.argv[1:8]
+mode, gen, sink, churn, back, metrics, rate = sys.argv[1:8]
 last = lambda p: json.loads(open(p).read().strip().splitlines()[-1])
 g, s = last(gen), last(sink)
-c = last(churn) if mode == "churn" else None
+c = last(churn) if mode != "baseline" else None
+m = json.loads(metrics)
 print(json.dumps({"mode": mode, "rate_pps": int(rate), "sent": g["sent"], "delivered": s["frames"],
-    "lost": g["sent"] - s["frames"], "back_at_generator": int(back), "gateway_drops": drops, "churn": c}))
+    "lost": g["sent"] - s["frames"], "back_at_generator": int(back), "gateway_drops": m.get("drops"), "gateway": m, "churn": c}))
 PY
     log "loss $mode: $(tail -1 "$TMP/loss.jsonl")"
     stop gw-loss
-    [ "$mode" = churn ] && rm -f "$TMP/churn.json"
+    rm -f "$TMP/churn.json"
 done
 
 # RSS of the gateway with 1,000,000 endpoints and 10,000 services, idle, in quick mode too.
-if [ ! -s "$TMP/gw-rss-kb" ]; then
+if [ ! -s "$TMP/gw-rss-kb" ] && { [ -z "${CONTENDERS_ONLY:-}" ] || [ -n "${RUN_RSS:-}" ]; }; then
     start_gateway 1000000 10000
     grep VmRSS "/proc/$DUT_PID/status" | awk '{print $2}' > "$TMP/gw-rss-kb"
     stop_pid "$DUT_PID"; DUT_PID=

@@ -1,8 +1,9 @@
 //! The table-churn controller of the loss test: `rate` transactions per second over the
 //! gateway's gRPC `Apply` while traffic runs. Transaction `i` adds endpoint `i` of a churn
-//! range (10.<subnet>.250.x, on the sink host), deletes the one added before it, and
-//! re-publishes service `i % services` of the run's world with its backends rotated (all
-//! still on the sink host): what the traffic uses changes, where it must go does not.
+//! range (10.0.241.x to 10.0.250.x, on the sink host), deletes the one added before it,
+//! and (unless asked for endpoints only) re-publishes service `i % services` of the run's
+//! world with its backends rotated (all still on the sink host): what the traffic uses
+//! changes, where it must go does not.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -38,7 +39,7 @@ fn churn_endpoint(i: u64) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 250 - ((i / 250) % 10) as u8, 1 + (i % 250) as u8)
 }
 
-fn transaction(world: &World, i: u64) -> Transaction {
+fn transaction(world: &World, services: bool, i: u64) -> Transaction {
     let vni = Vni::new(VNI).expect("a valid VNI");
     let mut upserts = vec![Object::Endpoint(Endpoint {
         vni,
@@ -46,7 +47,7 @@ fn transaction(world: &World, i: u64) -> Transaction {
         mac: sluice_api::MacAddr([0x0a, 0x58, 0xee, 0, (i >> 8) as u8, i as u8]),
         host: SINK.ip,
     })];
-    if world.services > 0 && world.endpoints > 2 {
+    if services && world.services > 0 && world.endpoints > 2 {
         let j = (i % world.services as u64) as usize;
         let others = world.endpoints - 1;
         let backends = (0..world.backends.max(1))
@@ -75,10 +76,12 @@ fn transaction(world: &World, i: u64) -> Transaction {
     Transaction { upserts, deletes }
 }
 
-/// Applies `rate` transactions per second for `duration`, paced, one at a time.
+/// Applies `rate` transactions per second for `duration`, paced, one at a time; with
+/// `services`, each also re-publishes a service.
 pub fn run(
     server: &str,
     world: &World,
+    services: bool,
     rate: f64,
     duration: Duration,
 ) -> Result<ChurnReport, ChurnError> {
@@ -103,7 +106,7 @@ pub fn run(
         while start.elapsed() < duration {
             tokio::time::sleep_until(next.into()).await;
             next += step;
-            let tx = pb::Transaction::from(&transaction(world, i));
+            let tx = pb::Transaction::from(&transaction(world, services, i));
             let t = Instant::now();
             match gateway.apply(tx).await {
                 Ok(_) => report.applied += 1,
@@ -139,7 +142,7 @@ mod tests {
         tables.apply(&world.transaction()).expect("the world");
         for i in 0..3000 {
             tables
-                .apply(&transaction(&world, i))
+                .apply(&transaction(&world, i % 2 == 0, i))
                 .unwrap_or_else(|e| panic!("transaction {i}: {e}"));
         }
     }

@@ -44,7 +44,7 @@ pub struct Pace {
     pub rate: Option<f64>,
     /// Write a CLOCK_MONOTONIC stamp into each frame's last 16 bytes.
     pub stamps: bool,
-    /// Descriptors per TX batch.
+    /// Descriptors per TX batch; with a rate, frames sent back to back per time slot.
     pub batch: usize,
 }
 
@@ -158,7 +158,11 @@ impl Generator {
         let deadline = start + duration;
         let mut window_end = start + Duration::from_secs(1);
         let mut window_count = 0u64;
-        let interval = pace.rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1.0)));
+        // Paced: `batch_size` frames per slot of batch_size / rate seconds. Between slots the
+        // generator sleeps, so that it leaves its core to the kernel threads sharing it.
+        let interval = pace
+            .rate
+            .map(|r| Duration::from_secs_f64(batch_size as f64 / r.max(1.0)));
         let mut next_send = start;
         let mut loops = 0u32;
         loop {
@@ -182,13 +186,19 @@ impl Generator {
                         if self.outstanding > 0 {
                             self.kick()?;
                         }
+                        let wait = next_send - now;
+                        if wait > Duration::from_micros(80) {
+                            std::thread::sleep(wait - Duration::from_micros(60));
+                        } else {
+                            std::hint::spin_loop();
+                        }
                         continue;
                     }
                     next_send += step;
                     if next_send + step * 64 < now {
-                        next_send = now; // fell behind: do not burst
+                        next_send = now; // fell behind: do not catch up in one burst
                     }
-                    1
+                    batch_size
                 }
                 None => batch_size,
             };

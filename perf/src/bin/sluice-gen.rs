@@ -124,6 +124,9 @@ enum Command {
         services: usize,
         #[arg(long, default_value_t = 2)]
         backends: usize,
+        /// Add and remove endpoints only; leave the services alone.
+        #[arg(long)]
+        endpoints_only: bool,
     },
     /// The in-kernel XDP forwarder (bpf_redirect), until stopped.
     Fwd {
@@ -273,14 +276,20 @@ fn run(cli: Cli) -> Result<()> {
             endpoints,
             services,
             backends,
+            endpoints_only,
         } => {
             let w = World {
                 endpoints,
                 services,
                 backends,
             };
-            let report =
-                sluice_perf::churn::run(&server, &w, rate, Duration::from_secs_f64(seconds))?;
+            let report = sluice_perf::churn::run(
+                &server,
+                &w,
+                !endpoints_only,
+                rate,
+                Duration::from_secs_f64(seconds),
+            )?;
             println!("{}", serde_json::to_string(&report)?);
         }
         Command::Sink {
