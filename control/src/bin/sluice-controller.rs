@@ -25,6 +25,7 @@ use sluice_api::client::ClientTls;
 use sluice_control::controller::server::{self, ListenAddr, ServerTls};
 use sluice_control::controller::service::ControllerService;
 use sluice_control::controller::{Controller, Store};
+use sluice_control::kubernetes::allocations;
 use sluice_control::kubernetes::lease::Elector;
 use sluice_control::kubernetes::operator::{self, Caches, KubeSource};
 
@@ -142,10 +143,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the store's directory {}", dir.display()))?;
     }
-    let store = Arc::new(Store::open(&args.store)?);
     let mut kube = None;
-    let controller = match args.mode {
-        Mode::Standalone => Controller::new(store.clone(), gateway_tls),
+    let (store, controller) = match args.mode {
+        Mode::Standalone => {
+            let store = Arc::new(Store::open(&args.store)?);
+            (store.clone(), Controller::new(store, gateway_tls))
+        }
         Mode::Kubernetes => {
             let client = kube::Client::try_default()
                 .await
@@ -158,17 +161,42 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 Duration::from_secs(args.lease_seconds.max(3)),
             );
             elector.acquire().await;
+            // The API server is the record (Vpc status, pod annotations): this
+            // replica's store is rebuilt from it, whatever an earlier term left there,
+            // before any gateway is programmed.
+            match std::fs::remove_file(&args.store) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("removing the previous store {}", args.store.display())
+                    })
+                }
+            }
+            let store = Arc::new(Store::open(&args.store)?);
+            let rebuilt = allocations::rebuild(&client, &store)
+                .await
+                .context("rebuilding allocations from the Kubernetes API")?;
+            tracing::info!(
+                vpcs = rebuilt.vpcs,
+                subnets = rebuilt.subnets,
+                nodes = rebuilt.nodes,
+                endpoints = rebuilt.endpoints,
+                skipped = rebuilt.skipped.len(),
+                "allocations rebuilt from Vpc status and pod annotations"
+            );
             let caches = Caches::new();
             let source = KubeSource::new(
                 store.clone(),
                 caches.pods.clone(),
                 caches.namespaces.clone(),
-            );
+            )
+            .recording(client.clone());
             let namespaces = caches.namespaces.clone();
             tokio::spawn(caches.run(client.clone()));
             let controller = Controller::new(Arc::new(source), gateway_tls);
             kube = Some((client, elector, namespaces, controller.clone()));
-            controller
+            (store, controller)
         }
     };
     // Push what the store holds to every registered gateway before serving.

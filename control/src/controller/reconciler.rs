@@ -168,6 +168,16 @@ impl Controller {
         if existed {
             return Ok((alloc, true, Reconciled::default()));
         }
+        if let Err(e) = self.source.record_attach(&alloc).await {
+            // Not handed out unless recorded: a new leader could not know it.
+            let released =
+                self.source
+                    .detach(&request.node, &request.container_id, &request.interface);
+            if let Err(undo) = released {
+                tracing::error!(endpoint = %key, error = %undo, "releasing an unrecorded allocation");
+            }
+            return Err(e);
+        }
         if !desired.computed {
             drop(desired);
             let done = self.reconcile().await?;
@@ -199,6 +209,11 @@ impl Controller {
         let Some(alloc) = self.source.detach(node, container_id, interface)? else {
             return Ok(None);
         };
+        if let Err(e) = self.source.record_detach(&alloc).await {
+            // The address is free here; a stale record only makes a new leader hold it
+            // until the pod is gone.
+            tracing::warn!(endpoint = %alloc.name(), error = %e, "removing the allocation's record");
+        }
         if !desired.computed {
             drop(desired);
             let done = self.reconcile().await?;

@@ -53,6 +53,7 @@ pub fn status(error: &SourceError) -> Status {
                 Code::ResourceExhausted => Status::resource_exhausted(message),
             }
         }
+        SourceError::Unrecorded { .. } => Status::unavailable(error.to_string()),
         SourceError::Storage { .. } | SourceError::Corrupt { .. } => {
             tracing::error!(error = %error, "store failure");
             Status::internal(error.to_string())

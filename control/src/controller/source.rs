@@ -65,7 +65,14 @@ pub enum SourceError {
         what: String,
         source: serde_json::Error,
     },
+    /// An allocation could not be recorded where it must survive this process (in
+    /// Kubernetes mode, on its pod); it was released again.
+    #[error("{object}: recording the allocation: {reason}")]
+    Unrecorded { object: String, reason: String },
 }
+
+/// What [`ObjectSource::record_attach`] and [`ObjectSource::record_detach`] return.
+pub type Recording<'a> = futures_util::future::BoxFuture<'a, Result<(), SourceError>>;
 
 /// The controller's objects and allocations. Every mutating call is atomic: it changes
 /// everything it was asked to or nothing.
@@ -87,6 +94,16 @@ pub trait ObjectSource: Send + Sync + std::fmt::Debug {
         container_id: &str,
         interface: &str,
     ) -> Result<Option<EndpointAlloc>, SourceError>;
+    /// Records a new allocation outside this process before it is handed out, so
+    /// another controller can rebuild it (Kubernetes mode: an annotation on the pod).
+    /// The default (standalone: the store is the record) does nothing.
+    fn record_attach<'a>(&'a self, _alloc: &'a EndpointAlloc) -> Recording<'a> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Removes what [`Self::record_attach`] recorded.
+    fn record_detach<'a>(&'a self, _alloc: &'a EndpointAlloc) -> Recording<'a> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A gateway's registration is applied like any object.

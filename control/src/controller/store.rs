@@ -858,6 +858,163 @@ impl Store {
     }
 }
 
+/// Rebuilding allocations recorded elsewhere (Kubernetes mode: a new leader's store
+/// from Vpc status and pod annotations), so they are kept rather than made again.
+impl Store {
+    /// A registered node.
+    pub fn node(&self, name: &str) -> Result<Option<Node>, SourceError> {
+        let txn = self.db.begin_read().map_err(|e| self.s()(e.into()))?;
+        tx!(
+            self,
+            txn.open_table(NODES)
+                .map_err(StoreFault::from)
+                .and_then(|t| get(&t, Kind::Node, name))
+        )
+    }
+
+    /// Adds `vpc` with the VNI in its status (it must have one, unused here) instead of
+    /// allocating one; a VPC already stored is left as it is.
+    pub fn restore_vpc(&self, vpc: Vpc) -> Result<Vpc, SourceError> {
+        let name = vpc.name().to_owned();
+        let what = ObjectRef {
+            kind: Kind::Vpc,
+            name: name.clone(),
+        };
+        let Some(vni) = vpc.status.as_ref().and_then(|s| s.vni) else {
+            return Err(rejected(
+                Code::InvalidArgument,
+                &what,
+                "status.vni",
+                "no VNI to restore",
+            ));
+        };
+        ClusterObject::Vpc(vpc.clone())
+            .validate()
+            .map_err(|e| rejected(Code::InvalidArgument, &what, e.field, e.reason))?;
+        self.write(|txn| {
+            let mut vpcs = tx!(self, txn.open_table(VPCS).map_err(StoreFault::from))?;
+            if let Some(old) = tx!(self, get::<Vpc>(&vpcs, Kind::Vpc, &name))? {
+                return Ok(old);
+            }
+            let mut vnis = tx!(self, txn.open_table(VNIS).map_err(StoreFault::from))?;
+            let holder = tx!(
+                self,
+                vnis.get(vni.get())
+                    .map(|g| g.map(|g| g.value().to_owned()))
+                    .map_err(StoreFault::from)
+            )?;
+            if let Some(holder) = holder {
+                return Err(rejected(
+                    Code::FailedPrecondition,
+                    &what,
+                    "status.vni",
+                    format!("VNI {} is held by VPC {holder}", vni.get()),
+                ));
+            }
+            let mut vpc = vpc.clone();
+            vpc.status = Some(VpcStatus {
+                vni: Some(vni),
+                divider_gateways: Vec::new(),
+            });
+            tx!(
+                self,
+                vnis.insert(vni.get(), name.as_str())
+                    .map(|_| ())
+                    .map_err(StoreFault::from)
+            )?;
+            tx!(self, put(&mut vpcs, &name, &vpc))?;
+            Ok(vpc)
+        })
+    }
+
+    /// Adds an endpoint allocated before (by another controller) with its address,
+    /// which must be a pod address of its subnet that no other endpoint of the VPC
+    /// holds; the VNI is the subnet's. An endpoint already stored is left as it is.
+    pub fn restore_endpoint(&self, spec: EndpointSpec) -> Result<EndpointAlloc, SourceError> {
+        let key = EndpointSpec::attachment(&spec.node, &spec.container_id, &spec.interface);
+        let what = format!("endpoint {key}");
+        self.write(|txn| {
+            let mut endpoints = tx!(self, txn.open_table(ENDPOINTS).map_err(StoreFault::from))?;
+            if let Some(existing) =
+                tx!(self, get::<EndpointAlloc>(&endpoints, Kind::Endpoint, &key))?
+            {
+                return Ok(existing);
+            }
+            let subnets = tx!(self, txn.open_table(SUBNETS).map_err(StoreFault::from))?;
+            let Some(subnet) = tx!(self, get::<Subnet>(&subnets, Kind::Subnet, &spec.subnet))?
+            else {
+                return Err(rejected(
+                    Code::NotFound,
+                    &what,
+                    "subnet",
+                    format!("subnet {} does not exist", spec.subnet),
+                ));
+            };
+            let (lo, hi) = host_range(subnet.spec.cidr);
+            let ip = u32::from(spec.ip);
+            if subnet.spec.vpc != spec.vpc || !(lo..=hi).contains(&ip) {
+                return Err(rejected(
+                    Code::InvalidArgument,
+                    &what,
+                    "ip",
+                    format!(
+                        "{} is not a pod address of subnet {} ({} in VPC {})",
+                        spec.ip,
+                        subnet.name(),
+                        subnet.spec.cidr,
+                        subnet.spec.vpc
+                    ),
+                ));
+            }
+            let Some(vni) = subnet.status.as_ref().and_then(|s| s.vni) else {
+                return Err(rejected(
+                    Code::FailedPrecondition,
+                    &what,
+                    "subnet",
+                    format!("subnet {} has no VNI", subnet.name()),
+                ));
+            };
+            let mut addresses = tx!(self, txn.open_table(ADDRESSES).map_err(StoreFault::from))?;
+            let holder = tx!(
+                self,
+                addresses
+                    .get((spec.vpc.as_str(), ip))
+                    .map(|g| g.map(|g| g.value().to_owned()))
+                    .map_err(StoreFault::from)
+            )?;
+            if let Some(holder) = holder {
+                return Err(rejected(
+                    Code::FailedPrecondition,
+                    &what,
+                    "ip",
+                    format!("{} is held by endpoint {holder}", spec.ip),
+                ));
+            }
+            let alloc: EndpointAlloc = Resource {
+                api_version: super::objects::API_VERSION.to_owned(),
+                metadata: Metadata::named(key.clone()),
+                spec: EndpointSpec {
+                    vni,
+                    mac: endpoint_mac(spec.ip),
+                    ..spec
+                },
+                status: None::<NoStatus>,
+            };
+            tx!(
+                self,
+                (|| {
+                    addresses.insert((alloc.spec.vpc.as_str(), ip), key.as_str())?;
+                    drop(addresses);
+                    put(&mut endpoints, &key, &alloc)?;
+                    // The subnet's cursor is rebuilt from the addresses at its next take.
+                    forget_cursor(txn, &alloc.spec.vpc, lo, hi)
+                })()
+            )?;
+            Ok(alloc)
+        })
+    }
+}
+
 impl ObjectSource for Store {
     fn snapshot(&self) -> Result<Snapshot, SourceError> {
         let txn = self.db.begin_read().map_err(|e| self.s()(e.into()))?;

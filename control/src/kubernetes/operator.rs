@@ -12,7 +12,8 @@
 //! * Gateway pods (label `app.kubernetes.io/component=sluice-gateway`): a deleted one
 //!   is unregistered. Gateways register themselves over gRPC, as standalone.
 //! * Pods and Namespaces are cached so `AttachEndpoint` finds a pod's network in its
-//!   annotations ([`KubeSource`]).
+//!   annotations ([`KubeSource`]), which also records each allocation on its pod
+//!   ([`allocations`]) so a new leader keeps it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -30,12 +31,15 @@ use kube::runtime::reflector::{self, ObjectRef as KubeRef, Store as Cache};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 
+use super::allocations;
 use super::crd::{self, Subnet, SubnetStatus, Vpc, VpcStatus};
 use super::model;
 use crate::controller::objects::{
     ClusterObject, EndpointAlloc, Kind, Node, NodeSpec, ObjectError, ObjectRef,
 };
-use crate::controller::source::{AttachRequest, Code, ObjectSource, Snapshot, SourceError};
+use crate::controller::source::{
+    AttachRequest, Code, ObjectSource, Recording, Snapshot, SourceError,
+};
 use crate::controller::{Controller, Store};
 
 /// The finalizer on every Vpc and Subnet.
@@ -65,6 +69,9 @@ pub struct KubeSource {
     store: Arc<Store>,
     pods: Cache<Pod>,
     namespaces: Cache<Namespace>,
+    /// Where allocations are recorded on their pods ([`allocations`]); none: not
+    /// recorded (a single replica that never changes leader).
+    client: Option<Client>,
 }
 
 impl std::fmt::Debug for KubeSource {
@@ -81,7 +88,15 @@ impl KubeSource {
             store,
             pods,
             namespaces,
+            client: None,
         }
+    }
+
+    /// Records every allocation on its pod through `client`, so a new leader keeps it
+    /// ([`allocations::rebuild`]).
+    pub fn recording(mut self, client: Client) -> Self {
+        self.client = Some(client);
+        self
     }
 }
 
@@ -135,6 +150,22 @@ impl ObjectSource for KubeSource {
         interface: &str,
     ) -> Result<Option<EndpointAlloc>, SourceError> {
         self.store.detach(node, container_id, interface)
+    }
+    fn record_attach<'a>(&'a self, alloc: &'a EndpointAlloc) -> Recording<'a> {
+        Box::pin(async move {
+            match &self.client {
+                Some(client) => allocations::record(client, &self.store, alloc).await,
+                None => Ok(()),
+            }
+        })
+    }
+    fn record_detach<'a>(&'a self, alloc: &'a EndpointAlloc) -> Recording<'a> {
+        Box::pin(async move {
+            match &self.client {
+                Some(client) => allocations::unrecord(client, alloc).await,
+                None => Ok(()),
+            }
+        })
     }
 }
 

@@ -48,6 +48,15 @@ pub const CONTROLLER_CLUSTER: &[Access] = &[
         verbs: &["list", "watch"],
         names: &[],
     },
+    // Allocations are recorded on their pods (annotation `sluice.dev/allocation`, a
+    // merge patch on attach; read and removed by a tested JSON patch on detach), so a
+    // new leader rebuilds them (`kubernetes::allocations`).
+    Access {
+        group: "",
+        resources: &["pods"],
+        verbs: &["get", "patch"],
+        names: &[],
+    },
     Access {
         group: "discovery.k8s.io",
         resources: &["endpointslices"],
