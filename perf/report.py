@@ -23,10 +23,11 @@ def label(c):
         mode = "steady flows" if parts[2] == "steady" else "new-flow churn (1M flows, 1 s UDP timeout)"
         return f"{kind}, {int(parts[1]):,} services, {mode}"
     if c.startswith("gw-"):
-        d = {p[0]: p[1:] for p in parts[2:] if p[0] in "sef"}
+        d = {p[0]: p[1:] for p in parts[2:] if p[0] in "sef" and p[1:].isdigit()}
         flows = "1M flows (churn)" if "churn" in parts else f"{int(d['f']):,} flows"
         what = "Geneve bounce" if parts[1] == "bounce" else f"service DNAT, {int(d['s']):,} services"
-        return f"sluice-gateway {what}, {int(d['e']):,} endpoints, {flows}"
+        bp = ", busy polling" if c.endswith("-bp") else ""
+        return f"sluice-gateway {what}, {int(d['e']):,} endpoints, {flows}{bp}"
     return c
 
 

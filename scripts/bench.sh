@@ -11,6 +11,8 @@
 #   nft-S-steady|churn kube-proxy style nftables verdict map with S services
 #   gw-bounce-...      sluice-gateway bouncing Geneve (E endpoints, F flows)
 #   gw-dnat-...        sluice-gateway service DNAT (S services, E endpoints, F flows)
+#                      (-bp: with the engine's busy polling on; off otherwise: on veth it
+#                      costs throughput and milliseconds of delay, see perf/results/bench.md)
 #
 # Generator: sluice-gen xsk (AF_XDP, copy mode) pinned to core 0, 64-byte (inner) frames.
 # DUT: core 1 (its NAPI thread, testpmd's forwarding lcore, the gateway's worker). Sink:
@@ -264,7 +266,7 @@ completion = 4096
 batch_size = 64
 zero_copy = "off"
 need_wakeup = true
-busy_poll_budget = 64
+busy_poll_budget = $2
 busy_poll_usecs = 20
 [control]
 grpc = "unix://$TMP/gateway.sock"
@@ -280,8 +282,8 @@ world_file() {   # endpoints services -> path (generated once)
     echo "$f"
 }
 
-start_gateway() {   # endpoints services
-    gw_config "$(world_file "$1" "$2")"
+start_gateway() {   # endpoints services [busy-poll budget]
+    gw_config "$(world_file "$1" "$2")" "${3:-0}"
     rm -f "$TMP/gateway.sock"
     nsenter --net=/run/netns/"$DUT" -- "$GW_BIN" --config "$GW_CONFIG" </dev/null >/dev/null 2>>"$TMP/gateway.stderr" &
     DUT_PID=$!
@@ -327,7 +329,8 @@ start() {
             local e s
             e=$(sed -E 's/.*-e([0-9]+).*/\1/' <<<"$c"); s=$(sed -E 's/.*-s([0-9]+).*/\1/' <<<"$c")
             [[ "$c" == *-s* ]] || s=10
-            start_gateway "$e" "$s" ;;
+            # -bp: the engine's busy polling on (SO_PREFER_BUSY_POLL, budget 64, 20 us).
+            if [[ "$c" == *-bp ]]; then start_gateway "$e" "$s" 64; else start_gateway "$e" "$s"; fi ;;
     esac
 }
 
@@ -402,12 +405,12 @@ PY
 
 if ((QUICK)); then
     CONTENDERS=(kernel xdp dpdk ipt-10-steady ipt-5000-steady ipt-5000-churn nft-5000-steady
-        nft-5000-churn gw-bounce-e10-f1 gw-dnat-s10-e10-f10000 gw-dnat-s5000-e10000-churn)
+        nft-5000-churn gw-bounce-e10-f1 gw-bounce-e10-f1-bp gw-dnat-s10-e10-f10000 gw-dnat-s5000-e10000-churn)
 else
     CONTENDERS=(kernel xdp dpdk
         ipt-10-steady ipt-5000-steady ipt-10-churn ipt-5000-churn
         nft-10-steady nft-5000-steady nft-10-churn nft-5000-churn
-        gw-bounce-e10-f1 gw-bounce-e10-f10000 gw-bounce-e1000000-f10000
+        gw-bounce-e10-f1 gw-bounce-e10-f1-bp gw-bounce-e10-f10000 gw-bounce-e1000000-f10000
         gw-dnat-s10-e10-f1 gw-dnat-s10-e10-f10000 gw-dnat-s10000-e10-f10000
         gw-dnat-s10000-e1000000-f10000 gw-dnat-s5000-e10000-churn)
 fi

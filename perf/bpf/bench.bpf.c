@@ -39,7 +39,10 @@ struct {
 	__type(value, __u64);
 } counts SEC(".maps");
 
-/* Bucket i: one-way delay in [i, i+1) us; the last bucket holds everything longer. */
+/*
+ * Bucket i < 2048: one-way delay in [i, i+1) us; bucket 2048 + j: [2048 + 64 j, 2048 +
+ * 64 (j+1)) us, up to about 133 ms; the last bucket holds everything longer.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, HIST_BUCKETS);
@@ -77,7 +80,8 @@ int sink(struct xdp_md *ctx)
 		return XDP_DROP;
 	}
 	__u64 us = (now - tail[1]) / 1000;
-	__u32 bucket = us >= HIST_BUCKETS ? HIST_BUCKETS - 1 : (__u32)us;
+	__u64 slot = us < 2048 ? us : 2048 + (us - 2048) / 64;
+	__u32 bucket = slot >= HIST_BUCKETS ? HIST_BUCKETS - 1 : (__u32)slot;
 	__u64 *v = bpf_map_lookup_elem(&hist, &bucket);
 	if (v)
 		*v += 1;

@@ -9,8 +9,18 @@ use libbpf_rs::{Link, MapCore, MapFlags, Object, ObjectBuilder};
 use crate::packets::Addrs;
 
 const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench.bpf.o"));
-/// Buckets of the delay histogram (1 us each; the last holds everything longer).
+/// Buckets of the delay histogram: 1 us each up to 2,048 us, then 64 us each; the last
+/// holds everything longer.
 pub const HIST_BUCKETS: usize = 4096;
+
+/// The lower edge, in microseconds, of delay histogram bucket `bucket`.
+pub fn bucket_us(bucket: usize) -> u64 {
+    if bucket < 2048 {
+        bucket as u64
+    } else {
+        2048 + (bucket as u64 - 2048) * 64
+    }
+}
 
 /// What failed while loading, attaching or reading the programs.
 #[derive(Debug, thiserror::Error)]

@@ -25,7 +25,7 @@ use sluice_dataplane::testkit::*;
 use sluice_perf::packets::{Addrs, Spec, Template, PAYLOAD_64};
 use sluice_perf::stats::histogram_quantile;
 use sluice_perf::world::{self, World};
-use sluice_perf::xdp::{ifindex, Bench, Program};
+use sluice_perf::xdp::{bucket_us, ifindex, Bench, Program};
 use sluice_perf::xsk::{Generator, Pace};
 
 #[derive(Parser)]
@@ -344,7 +344,7 @@ fn sink(iface: &str, seconds: f64, stamps: bool) -> Result<()> {
     let mut summary = json!({"frames": counts[0], "bytes": counts[1], "windows": windows});
     if stamps {
         let hist = bench.histogram()?;
-        let q = |p| histogram_quantile(&hist, p);
+        let q = |p| histogram_quantile(&hist, p).map(bucket_us);
         summary["stamped"] = json!(counts[2]);
         summary["future_stamps"] = json!(counts[3]);
         summary["delay_us"] = json!({"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": q(1.0)});
