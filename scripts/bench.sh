@@ -7,6 +7,7 @@
 #   kernel             kernel IPv4 forwarding (plain UDP, in and out of the DUT's eth0)
 #   xdp                in-kernel XDP forwarder, bpf_redirect (perf/bpf/bench.bpf.c)
 #   dpdk               dpdk-testpmd, AF_XDP PMD (copy mode), mac forwarding, one port looped
+#   dpdk-geneve        the same forwarding the gateway's Geneve frames (110 bytes)
 #   ipt-S-steady|churn kube-proxy style iptables DNAT with S services
 #   nft-S-steady|churn kube-proxy style nftables verdict map with S services
 #   gw-bounce-...      sluice-gateway bouncing Geneve (E endpoints, F flows)
@@ -306,7 +307,7 @@ start() {
             nsenter --net=/run/netns/"$DUT" -- "$GEN" fwd --iface eth0 --out eth0 --dst-mac $SINK_MAC --src-mac $DUT_MAC \
                 >/dev/null 2>>"$TMP/fwd.stderr" &
             DUT_PID=$!; sleep 0.5 ;;
-        dpdk)
+        dpdk|dpdk-geneve)
             nsenter --net=/run/netns/"$DUT" -- dpdk-testpmd --no-huge -m 512 -l 0,1 --main-lcore 0 --no-pci \
                 --file-prefix="$BASE" --log-level=lib.eal:error \
                 --vdev net_af_xdp0,iface=eth0,start_queue=0,queue_count=1 -- \
@@ -337,7 +338,7 @@ start() {
 stop() {
     local c=$1
     case "$c" in
-        xdp|dpdk) stop_pid "$DUT_PID"; DUT_PID= ;;
+        xdp|dpdk*) stop_pid "$DUT_PID"; DUT_PID= ;;
         gw-*)
             inns "$DUT" "$GW_BIN" stats --metrics 127.0.0.1:9471 > "$TMP/gw-stats-$c.txt" 2>&1 || true
             stop_pid "$DUT_PID"; DUT_PID= ;;
@@ -363,6 +364,8 @@ traffic() {
     esac
     case "$c" in
         kernel|xdp|dpdk) echo "--kind plain --dst-ip 198.19.1.12 --port 9 --flows 1000" ;;
+        # testpmd forwarding the very frames the gateway gets: the I/O ceiling for Geneve.
+        dpdk-geneve) echo "--kind geneve --world-endpoints 10 --port 9 --flows 1000" ;;
         ipt-*|nft-*)
             local n=${c#*-}; n=${n%-*}
             echo "--kind plain --services $n --vip-base 198.19.128.0 --port 80 --flows $flows" ;;
@@ -404,10 +407,10 @@ PY
 }
 
 if ((QUICK)); then
-    CONTENDERS=(kernel xdp dpdk ipt-10-steady ipt-5000-steady ipt-5000-churn nft-5000-steady
+    CONTENDERS=(kernel xdp dpdk dpdk-geneve ipt-10-steady ipt-5000-steady ipt-5000-churn nft-5000-steady
         nft-5000-churn gw-bounce-e10-f1 gw-bounce-e10-f1-bp gw-dnat-s10-e10-f10000 gw-dnat-s5000-e10000-churn)
 else
-    CONTENDERS=(kernel xdp dpdk
+    CONTENDERS=(kernel xdp dpdk dpdk-geneve
         ipt-10-steady ipt-5000-steady ipt-10-churn ipt-5000-churn
         nft-10-steady nft-5000-steady nft-10-churn nft-5000-churn
         gw-bounce-e10-f1 gw-bounce-e10-f1-bp gw-bounce-e10-f10000 gw-bounce-e1000000-f10000
@@ -417,7 +420,7 @@ fi
 if [ -n "${CONTENDERS_ONLY:-}" ]; then read -r -a CONTENDERS <<<"$CONTENDERS_ONLY"; fi
 if ! command -v dpdk-testpmd >/dev/null; then
     log "dpdk-testpmd missing: skipping the dpdk contender"
-    CONTENDERS=("${CONTENDERS[@]/dpdk}")
+    CONTENDERS=("${CONTENDERS[@]/dpdk*}")
 fi
 
 START=$(date +%s)
