@@ -13,6 +13,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 /// The tests of this file each run a gateway that polls a core: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -101,19 +102,20 @@ fn pods_reach_each_other_through_the_stubs_and_the_gateway() {
     ping(&a, "10.1.0.11", "3");
 
     // Across hosts: the first exchange goes through the gateway (its counters move)...
-    let before = gw.rx_packets();
+    // (The gateway publishes its counters every ~100 ms: read them once they settle.)
+    let before = settled_rx_packets(&gw);
     ping(&a, "10.1.0.50", "3");
-    let after_first = gw.rx_packets();
     assert!(
-        after_first > before,
+        wait_until(Duration::from_secs(5), || gw.rx_packets() > before),
         "the gateway saw nothing of the first exchange"
     );
+    let after_first = settled_rx_packets(&gw);
     // ...and the transit stubs cached each other's host, so later packets go direct.
     assert!(w1.map_entries("host_cache") >= 1, "w1 cached no host");
     assert!(w2.map_entries("host_cache") >= 1, "w2 cached no host");
     let text = ping(&a, "10.1.0.50", "20");
     assert!(text.contains("20 received"), "{text}");
-    let after_direct = gw.rx_packets();
+    let after_direct = settled_rx_packets(&gw);
     assert_eq!(
         after_direct, after_first,
         "later packets still went through the gateway"
@@ -123,6 +125,21 @@ fn pods_reach_each_other_through_the_stubs_and_the_gateway() {
         w.cni("DEL", id, &ns.path(), &w.netconf("1.0.0", "")).ok();
     }
     assert_eq!((w1.map_entries("pods"), w2.map_entries("pods")), (0, 0));
+}
+
+/// The gateway's received-packet counter once it has stopped moving: the same over 300 ms,
+/// three of its ~100 ms publishing periods.
+fn settled_rx_packets(gw: &Gateway) -> u64 {
+    let mut last = gw.rx_packets();
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = gw.rx_packets();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the gateway's rx counter never settled (last {last})");
 }
 
 /// A process started in a namespace (nsenter execs it, so the PID is its own), killed by
@@ -364,7 +381,7 @@ fn a_service_vip_answers_from_the_vip_and_spreads_over_backends() {
             .count()
     };
     assert!(
-        wait_until(std::time::Duration::from_secs(5), || busy_backends() >= 2),
+        wait_until(Duration::from_secs(5), || busy_backends() >= 2),
         "the gateway counted packets for fewer than two backends\n{}",
         diagnose()
     );
