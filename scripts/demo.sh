@@ -247,10 +247,6 @@ add_pod() { # POD WORKER NETWORK
   local out
   out=$(cni ADD "$1") || { echo "demo: ADD $1 failed: $out" >&2; return 1; }
   pod_ip[$1]=$(jq -r '.ips[0].address | split("/")[0]' <<<"$out")
-  # Known gap: the node agent leaves TX checksum offload on the pod's interface, and a
-  # frame the stubs redirect keeps a partial TCP checksum nobody completes; a runtime
-  # would not do this, the agent should (reported).
-  in_ns "$P-$1" ethtool -K eth0 tx off >/dev/null 2>&1
   printf '   %-6s on %s in %-12s %s\n' "$1" "$2" "$3" "${pod_ip[$1]}"
 }
 serve() { # POD PORT: the pod answers TCP on PORT with its name
