@@ -152,18 +152,25 @@ fn plain_frames_from_the_generator_reach_the_sink() {
     let (sent, got) = run("plain", &["--rate", "20000", "--stamps"]);
     let sent = sent["sent"].as_u64().expect("sent");
     assert!(sent > 1000, "the generator sent {sent}");
-    assert_eq!(
-        got["frames"].as_u64(),
-        Some(sent),
-        "every frame reaches the sink"
+    let frames = got["frames"].as_u64().expect("frames");
+    // A veth drops frames only when its receiver falls far behind: nearly all arrive,
+    // and nothing arrives that was not sent.
+    assert!(
+        frames * 10 >= sent * 9 && frames <= sent,
+        "sent {sent}, delivered {frames}"
     );
     assert_eq!(
         got["stamped"].as_u64(),
-        Some(sent),
+        Some(frames),
         "every frame carries a stamp"
     );
+    assert_eq!(
+        got["future_stamps"].as_u64(),
+        Some(0),
+        "one clock on both ends"
+    );
     assert!(got["delay_us"]["p99"].is_u64(), "a delay percentile: {got}");
-    assert_eq!(got["bytes"].as_u64(), Some(sent * 60), "60-byte frames");
+    assert_eq!(got["bytes"].as_u64(), Some(frames * 60), "60-byte frames");
 }
 
 #[test]
