@@ -10,7 +10,7 @@
 FROM rust:1-bookworm AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      clang llvm libelf-dev zlib1g-dev m4 pkg-config gcc-multilib \
+      clang llvm libelf-dev zlib1g-dev m4 libpcap-dev pkg-config gcc-multilib \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -22,8 +22,9 @@ apt_packages=(build-essential pkg-config python3 python3-pip)
 # XDP programs and AF_XDP: clang and llvm compile the BPF C (dataplane/build.rs, libxdp),
 # libelf and zlib link libbpf, m4 builds libxdp (xsk-rs); the namespace tests use ip,
 # nsenter (util-linux) and ping; gcc-multilib provides the asm/ headers libxdp's BPF
-# objects include.
-apt_packages+=(clang llvm libelf-dev zlib1g-dev m4 iproute2 iputils-ping gcc-multilib)
+# objects include; libxdp's configure (libxdp-sys) refuses to run without libpcap's
+# headers.
+apt_packages+=(clang llvm libelf-dev zlib1g-dev m4 libpcap-dev iproute2 iputils-ping gcc-multilib)
 # Benchmarks tune the veths under test (scripts/bench-gateway.sh).
 apt_packages+=(ethtool)
 # promtool (package prometheus) checks the gateway's metrics text
