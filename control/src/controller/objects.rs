@@ -9,10 +9,12 @@
 //! This module checks what an object can check alone (names, port numbers, CIDR sizes).
 //! Checks against other objects (a subnet inside its VPC) are the store's.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use sluice_api::client::Target;
 use sluice_api::{Ipv4Cidr, MacAddr, Protocol, Vni};
@@ -44,12 +46,67 @@ impl ObjectError {
 }
 
 /// The name (and for services, the namespace) of an object.
+///
+/// Read from any of Kubernetes' `ObjectMeta` fields, so that the YAML
+/// written for the CRDs, or printed by `kubectl get -o yaml`, applies as it is; only the
+/// name and namespace are kept.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", from = "ObjectMeta")]
 pub struct Metadata {
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+}
+
+/// `metadata` as Kubernetes writes it (`ObjectMeta`, meta/v1). Standalone mode has no use
+/// for labels and annotations (nothing selects Vpcs or Subnets by label) nor for what
+/// the API server sets (`uid`, `resourceVersion`, `generation`, timestamps, finalizers,
+/// owners, managed fields), so it reads and drops them; labels and annotations must
+/// still be maps of strings, as the API server requires. A field that is not one of
+/// these (a misspelt `lables`) is refused.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Read only to be accepted: the derive is the one reader of the fields after `namespace`.
+#[allow(dead_code)]
+struct ObjectMeta {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    generate_name: Option<IgnoredAny>,
+    #[serde(default)]
+    uid: Option<IgnoredAny>,
+    #[serde(default)]
+    resource_version: Option<IgnoredAny>,
+    #[serde(default)]
+    generation: Option<IgnoredAny>,
+    #[serde(default)]
+    creation_timestamp: Option<IgnoredAny>,
+    #[serde(default)]
+    deletion_timestamp: Option<IgnoredAny>,
+    #[serde(default)]
+    deletion_grace_period_seconds: Option<IgnoredAny>,
+    #[serde(default)]
+    finalizers: Option<IgnoredAny>,
+    #[serde(default)]
+    owner_references: Option<IgnoredAny>,
+    #[serde(default)]
+    managed_fields: Option<IgnoredAny>,
+    #[serde(default)]
+    self_link: Option<IgnoredAny>,
+}
+
+impl From<ObjectMeta> for Metadata {
+    fn from(meta: ObjectMeta) -> Self {
+        Self {
+            name: meta.name,
+            namespace: meta.namespace,
+        }
+    }
 }
 
 impl Metadata {
@@ -623,17 +680,22 @@ pub enum ManifestError {
 }
 
 /// Parses a multi-document YAML manifest: one object per document (empty documents are
-/// skipped), each checked on its own.
+/// skipped), each checked on its own. A document's `status` is dropped unread: the
+/// controller owns it, and a `kubectl get -o yaml` of a CRD carries one in the CRD's own
+/// form (conditions, `observedGeneration`).
 pub fn parse_manifest(text: &str) -> Result<Vec<ClusterObject>, ManifestError> {
     let mut objects = Vec::new();
     for (i, document) in serde_norway::Deserializer::from_str(text).enumerate() {
-        let value =
+        let mut value =
             serde_norway::Value::deserialize(document).map_err(|source| ManifestError::Yaml {
                 document: i + 1,
                 source,
             })?;
         if value.is_null() {
             continue;
+        }
+        if let Some(map) = value.as_mapping_mut() {
+            map.remove("status");
         }
         let object: ClusterObject =
             serde_norway::from_value(value).map_err(|source| ManifestError::Yaml {
@@ -739,5 +801,68 @@ spec:
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown variant `Router`"), "{err}");
+    }
+
+    /// What `kubectl get vpc blue -o yaml` prints applies as it is: every ObjectMeta field
+    /// is read, only the name kept, and the CRD's status dropped.
+    #[test]
+    fn kubernetes_metadata_and_status_are_accepted_and_dropped() {
+        let text = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Vpc
+metadata:
+  name: blue
+  labels: {tenant: blue, app.kubernetes.io/part-of: shop}
+  annotations:
+    kubectl.kubernetes.io/last-applied-configuration: '{"apiVersion":"sluice.dev/v1alpha1"}'
+  uid: 5f0c8a52-2f4e-4c1e-9d7a-0c6f3f1b2a11
+  resourceVersion: "4711"
+  generation: 3
+  creationTimestamp: "2025-01-02T03:04:05Z"
+  deletionTimestamp: null
+  finalizers: [sluice.dev/cleanup]
+  managedFields:
+    - {manager: kubectl, operation: Apply, apiVersion: sluice.dev/v1alpha1, fieldsType: FieldsV1}
+spec: {cidr: 10.0.0.0/16, serviceCidr: 10.96.0.0/16, dividers: 2}
+status:
+  conditions: [{type: Ready, status: "True", reason: Placed, message: "", lastTransitionTime: "2025-01-02T03:04:06Z"}]
+  observedGeneration: 3
+  vni: 1
+"#;
+        let objects = parse_manifest(text).unwrap();
+        let plain = parse_manifest(
+            "kind: Vpc\nmetadata: {name: blue}\nspec: {cidr: 10.0.0.0/16, serviceCidr: 10.96.0.0/16, dividers: 2}\n",
+        )
+        .unwrap();
+        assert_eq!(objects, plain, "only the name and the spec count");
+        // Stored and sent over gRPC without them.
+        let json = serde_json::to_string(&objects[0]).unwrap();
+        assert!(
+            !json.contains("labels") && !json.contains("status"),
+            "{json}"
+        );
+        // `creationTimestamp: null`, as `kubectl create --dry-run=client -o yaml` prints it.
+        parse_manifest("kind: Subnet\nmetadata: {name: s, creationTimestamp: null, labels: null}\nspec: {vpc: b, cidr: 10.0.0.0/24}\n")
+            .unwrap();
+
+        let refused = [
+            (
+                "metadata: {name: b, lables: {a: b}}",
+                "unknown field `lables`",
+            ),
+            (
+                "metadata: {name: b, labels: {a: 1}}",
+                "invalid type: integer",
+            ),
+            ("metadata: {name: b, labels: [a]}", "invalid type: sequence"),
+            ("metadata: {labels: {a: b}}", "missing field `name`"),
+        ];
+        for (meta, error) in refused {
+            let text = format!(
+                "kind: Vpc\n{meta}\nspec: {{cidr: 10.0.0.0/16, serviceCidr: 10.96.0.0/16}}\n"
+            );
+            let err = parse_manifest(&text).unwrap_err().to_string();
+            assert!(err.contains(error), "{meta}: {err}");
+        }
     }
 }
