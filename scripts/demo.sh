@@ -12,6 +12,10 @@
 #                                underlay's Geneve, a gateway killed and restarted, the
 #                                controller restarted (scripts/test.sh runs this)
 #
+# The demo must finish in under two minutes after the build: the summary has a check that
+# fails past 120 s (SLUICE_DEMO_LIMIT_S), timed from the end of the build to the summary,
+# without the --e2e checks (the demo is the plain run) and without SLUICE_DEMO_HOLD.
+#
 # What it creates, all named sd-<pid>-* and removed on exit (even on failure): an underlay
 # bridge namespace (198.18.0.0/24, inside 198.18.0.0/15), gateway namespaces gw1 and gw2
 # running sluice-gateway, worker namespaces w1..w3 running sluice-node, pod namespaces, a
@@ -28,7 +32,7 @@ for arg in "$@"; do
   case "$arg" in
     --no-build) build=0 ;;
     --e2e) e2e=1 ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "demo: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -55,6 +59,8 @@ done
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 started=$(now_ms)
+limit_s=${SLUICE_DEMO_LIMIT_S:-120}
+uncounted_ms=0 # the --e2e checks and a hold: not part of the demo's two minutes
 # The interpreter itself, not a wrapper (pyenv's shims fork): $! must be the server.
 python=$(python3 -c 'import sys; print(sys.executable)')
 P=sd-$$
@@ -385,6 +391,7 @@ done
 
 ###########################################################################################
 if ((e2e)); then
+  e2e_started=$(now_ms)
   blue_vni=$(ctl get vpcs -o json | jq -r '.items[] | select(.metadata.name == "blue") | .status.vni')
   red_vni=$(ctl get vpcs -o json | jq -r '.items[] | select(.metadata.name == "red") | .status.vni')
 
@@ -473,20 +480,29 @@ if ((e2e)); then
   clash=$(grep -c " blue ${pod_ip[a4]}\$" <<<"$before" || true)
   record "a new pod gets a fresh address" "a4 ${pod_ip[a4]} (in use before: $clash)" $((clash != 0))
   record "the new pod is reachable" "a1 -> a4 ${pod_ip[a4]}" "$(ok ping_ok a1 "${pod_ip[a4]}" 3)"
+  uncounted_ms=$((uncounted_ms + $(now_ms) - e2e_started))
 fi
 
 ###########################################################################################
 # For a look at a failed run: SLUICE_DEMO_HOLD=SECONDS keeps everything that long.
 if ((failures)) && [[ -n ${SLUICE_DEMO_HOLD:-} ]]; then
   echo "demo: holding for ${SLUICE_DEMO_HOLD}s: namespaces $P-*, directory $work" >&2
+  held=$(now_ms)
   sleep "$SLUICE_DEMO_HOLD"
+  uncounted_ms=$((uncounted_ms + $(now_ms) - held))
 fi
 step "10. pods deleted through the shim (sluice-cni DEL); the controller releases every address"
 for p in "${!pod_worker[@]}"; do cni DEL "$p" >/dev/null || record "DEL $p" "sluice-cni DEL failed" 1; done
 left=$(ctl get endpoints -o json | jq '.items | length')
 record "every address released" "$left endpoints left" $((left != 0))
 
-step "summary ($((($(now_ms) - started) / 1000)) s after the build)"
+total_ms=$(($(now_ms) - started))
+demo_ms=$((total_ms - uncounted_ms))
+timing="$((demo_ms / 1000)).$((demo_ms % 1000 / 100)) s from the end of the build to the summary"
+((e2e)) && timing+="; the --e2e checks' $((uncounted_ms / 1000)) s not counted"
+record "the demo finished in under $limit_s s" "$timing" $((demo_ms >= limit_s * 1000))
+
+step "summary ($((total_ms / 1000)) s after the build)"
 printf '   %-6s %-46s %s\n' RESULT CHECK DETAIL
 for r in "${results[@]}"; do
   IFS='|' read -r res name detail <<<"$r"
