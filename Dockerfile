@@ -6,7 +6,8 @@
 # The build stage runs scripts/build-release.sh, the same script scripts/test.sh runs (and
 # checks this file against), so what builds in CI builds here.
 
-# --- build: the Rust toolchain plus what the XDP programs and libxdp need to compile
+# --- build: the Rust toolchain plus what the XDP programs and libxdp need to compile:
+# scripts/setup.sh's build_packages (scripts/test.sh checks that each is installed here)
 FROM rust:1-bookworm AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \

@@ -17,14 +17,17 @@ done
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
-# Debian packages. gcc and make build the C parts of -sys crates.
-apt_packages=(build-essential pkg-config python3 python3-pip)
-# XDP programs and AF_XDP: clang and llvm compile the BPF C (dataplane/build.rs, libxdp),
-# libelf and zlib link libbpf, m4 builds libxdp (xsk-rs); the namespace tests use ip,
-# nsenter (util-linux) and ping; gcc-multilib provides the asm/ headers libxdp's BPF
-# objects include; libxdp's configure (libxdp-sys) refuses to run without libpcap's
-# headers.
-apt_packages+=(clang llvm libelf-dev zlib1g-dev m4 libpcap-dev iproute2 iputils-ping gcc-multilib)
+# Debian packages that compiling Sluice needs beyond a C toolchain (gcc and make, from
+# build-essential here and from the rust image in the Dockerfile): clang and llvm compile
+# the BPF C (dataplane/build.rs, libxdp), libelf and zlib link libbpf, m4 builds libxdp
+# (xsk-rs), gcc-multilib provides the asm/ headers libxdp's BPF objects include,
+# libxdp's configure (libxdp-sys) refuses to run without libpcap's headers, and
+# pkg-config finds them. The Dockerfile's build stage installs the same list
+# (scripts/test.sh checks it); keep it on one line.
+build_packages=(clang llvm libelf-dev zlib1g-dev m4 libpcap-dev gcc-multilib pkg-config)
+apt_packages=(build-essential python3 python3-pip "${build_packages[@]}")
+# The namespace tests use ip, nsenter (util-linux) and ping.
+apt_packages+=(iproute2 iputils-ping)
 # Benchmarks tune the veths under test (scripts/bench-gateway.sh).
 apt_packages+=(ethtool)
 # promtool (package prometheus) checks the gateway's metrics text

@@ -49,7 +49,18 @@ for b in $(sed -n 's/^binaries=(\(.*\))$/\1/p' scripts/build-release.sh); do
     "target/release/dist/$b" --help >/dev/null
   fi || { echo "target/release/dist/$b does not run" >&2; exit 1; }
 done
-echo "Dockerfile and scripts/build-release.sh agree; every binary runs"
+# Its build stage must apt-get install every package setup.sh installs to compile
+# (build_packages=(...) there): the stage on one line, then what follows "apt-get install"
+# up to the next "&&".
+installed=$(sed -n '/^FROM .* AS build$/,/^FROM /p' Dockerfile | tr '\\\n' '  ' | grep -o 'apt-get install[^&]*')
+build_packages=$(sed -n 's/^build_packages=(\(.*\))$/\1/p' scripts/setup.sh)
+[[ -n $build_packages ]] || { echo "scripts/setup.sh: no build_packages=(...) line" >&2; exit 1; }
+for p in $build_packages; do
+  [[ " $installed " == *" $p "* ]] \
+    || { echo "Dockerfile: the build stage does not apt-get install $p (scripts/setup.sh's build_packages)" >&2; exit 1; }
+done
+echo "Dockerfile and scripts/build-release.sh agree; every binary runs;" \
+  "the build stage installs setup.sh's build packages"
 
 step "the demo cluster with its end-to-end checks (scripts/demo.sh --e2e)"
 SLUICE_BIN=target/release/dist scripts/demo.sh --no-build --e2e
