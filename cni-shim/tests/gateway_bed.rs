@@ -2,9 +2,10 @@
 //! real `sluice-gateway` (its tables from a file: hosts, the VPC, the subnet with the
 //! gateway as bouncer, and the endpoints of the pods attached below), and two workers
 //! each running the real `sluice-node` with a static allocation file. Pods are attached
-//! by the real `sluice-cni` and reach each other through the stubs and the gateway: the
-//! gateway answers their ARP (with HOST_HINT), after which traffic between the workers
-//! goes direct and the gateway's counters stop moving.
+//! by the real `sluice-cni` (run directly, or by Debian's libcni through the test driver
+//! with the shipped conflist, as a container runtime would) and reach each other through
+//! the stubs and the gateway: the gateway answers their ARP (with HOST_HINT), after which
+//! traffic between the workers goes direct and the gateway's counters stop moving.
 //!
 //! Needs root, two cores and the `sluice-gateway` binary of the same profile (built by
 //! `cargo test --workspace`; otherwise `cargo build -p sluice-dataplane --bin
@@ -12,6 +13,7 @@
 
 mod common;
 
+use common::libcni::Runtime;
 use common::*;
 use std::time::Duration;
 
@@ -125,6 +127,86 @@ fn pods_reach_each_other_through_the_stubs_and_the_gateway() {
         w.cni("DEL", id, &ns.path(), &w.netconf("1.0.0", "")).ok();
     }
     assert_eq!((w1.map_entries("pods"), w2.map_entries("pods")), (0, 0));
+}
+
+/// The whole path as a runtime drives it: pods attached by Debian's libcni (the Go
+/// driver, the shipped conflist) to two workers exchange ping and TCP across hosts through
+/// the stubs and the real gateway, which answers their ARP and carries the first
+/// exchange; CHECK and DEL go through libcni too.
+#[test]
+fn pods_attached_over_libcni_exchange_traffic_across_hosts_through_the_gateway() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    assert_root("gateway test bed");
+    let base = unique("sl-lcg");
+    let underlay = Underlay::new(&base);
+    let gw_ns = Netns::new(format!("{base}-gw"));
+    underlay.plug(&gw_ns, GW.0, GW.1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut w1 = Worker::new(
+        &base,
+        "w1",
+        &underlay,
+        W1.0,
+        W1.1,
+        &allocation(GW, &[W2], ("10.1.0.10", "10.1.0.49")),
+    );
+    let mut w2 = Worker::new(
+        &base,
+        "w2",
+        &underlay,
+        W2.0,
+        W2.1,
+        &allocation(GW, &[W1], ("10.1.0.50", "10.1.0.99")),
+    );
+    let gw = Gateway::start(
+        &gw_ns,
+        dir.path(),
+        &tables("10.1.0.0/24", &[("10.1.0.10", W1.0), ("10.1.0.50", W2.0)]),
+    );
+    w1.start(&[]);
+    w2.start(&[]);
+    let (rt1, rt2) = (Runtime::new(&w1), Runtime::new(&w2));
+    let (a, c) = (
+        Netns::new(format!("{base}-a")),
+        Netns::new(format!("{base}-c")),
+    );
+    assert_eq!(rt1.add("pod-a", &a.path()), "10.1.0.10");
+    assert_eq!(rt2.add("pod-c", &c.path()), "10.1.0.50");
+    rt1.run("check", "pod-a", &a.path()).expect("CHECK a");
+    rt2.run("check", "pod-c", &c.path()).expect("CHECK c");
+
+    // The first exchange across hosts goes through the gateway (ARP, then the packets).
+    let before = settled_rx_packets(&gw);
+    let text = ping(&a, "10.1.0.50", "3");
+    assert!(text.contains("3 received"), "{text}");
+    assert!(
+        wait_until(Duration::from_secs(5), || gw.rx_packets() > before),
+        "the gateway saw nothing of the first exchange"
+    );
+    // TCP across hosts, both ways of the connection through the stubs.
+    let _server = start_backend(&c, "c");
+    let out = nsenter(
+        &a.name,
+        &[
+            "python3",
+            "-c",
+            "import socket; s = socket.create_connection(('10.1.0.50', 8080), timeout=5);              s.sendall(b'hello'); print(s.recv(64).decode())",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "c:hello",
+        "TCP across hosts: {}\nw1: {}\nw2: {}",
+        String::from_utf8_lossy(&out.stderr),
+        w1.counters(),
+        w2.counters()
+    );
+    ping(&c, "10.1.0.10", "3");
+
+    rt1.run("del", "pod-a", &a.path()).expect("DEL a");
+    rt2.run("del", "pod-c", &c.path()).expect("DEL c");
+    assert_eq!((w1.map_entries("pods"), w2.map_entries("pods")), (0, 0));
+    assert!(w1.pod_veths().is_empty() && w2.pod_veths().is_empty());
 }
 
 /// The gateway's received-packet counter once it has stopped moving: the same over 300 ms,

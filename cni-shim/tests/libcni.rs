@@ -3,80 +3,16 @@
 //! CHECK and DEL on real namespaces against the real `sluice-cni` and `sluice-node`.
 //! The driver is built here with Debian's Go, offline (scripts/setup.sh installs both).
 //!
+//! The conflist is the shipped `config/10-sluice.conflist`, with only the plugin's
+//! `socket` pointed at the test's own agent (`common::shipped_conflist`).
+//!
 //! Needs root. Namespaces `sl-cni-<pid>-<n>-*`, removed by guards.
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
-
+use common::libcni::Runtime;
 use common::*;
 use serde_json::json;
-
-/// Builds the driver once per test binary.
-fn driver() -> &'static Path {
-    static DRIVER: OnceLock<PathBuf> = OnceLock::new();
-    DRIVER.get_or_init(|| {
-        let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let bin = out_dir.join("libcni-driver");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libcni-driver");
-        let out = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&bin)
-            .arg(".")
-            .current_dir(&src)
-            .env("GO111MODULE", "off")
-            .env("GOPATH", "/usr/share/gocode")
-            .env("GOCACHE", out_dir.join("libcni-driver-gocache"))
-            .output()
-            .expect(
-                "running go (scripts/setup.sh installs golang-go and golang-github-appc-cni-dev)",
-            );
-        assert!(
-            out.status.success(),
-            "building the libcni driver: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        bin
-    })
-}
-
-/// libcni's view: a plugin directory holding `sluice` (the real shim) and a cache.
-struct Runtime {
-    dir: tempfile::TempDir,
-    conflist: PathBuf,
-}
-
-impl Runtime {
-    fn new(w: &Worker) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(dir.path().join("bin")).expect("bin dir");
-        std::os::unix::fs::symlink(CNI_BIN, dir.path().join("bin/sluice")).expect("symlink");
-        Runtime {
-            dir,
-            conflist: w.conflist.clone(),
-        }
-    }
-
-    fn run(&self, command: &str, id: &str, netns: &str) -> Result<String, String> {
-        let out = Command::new(driver())
-            .arg("-conflist")
-            .arg(&self.conflist)
-            .arg("-bin")
-            .arg(self.dir.path().join("bin"))
-            .arg("-cache")
-            .arg(self.dir.path().join("cache"))
-            .args(["-id", id, "-netns", netns, command])
-            .output()
-            .expect("running the libcni driver");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
-    }
-}
 
 #[test]
 fn libcni_adds_checks_and_deletes_pods() {
@@ -97,6 +33,13 @@ fn libcni_adds_checks_and_deletes_pods() {
     );
     w.start(&[]);
     let rt = Runtime::new(&w);
+    // The shipped conflist names 1.0.0, which every libcni reads, and offers 1.1.0 through
+    // `cniVersions` to those that understand it (libcni 1.2 and later pick the highest
+    // they implement; Debian's 1.1.2 ignores the list).
+    let shipped: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&w.conflist).unwrap()).unwrap();
+    assert_eq!(shipped["cniVersion"], "1.0.0");
+    assert_eq!(shipped["cniVersions"], json!(["1.0.0", "1.1.0"]));
     // VALIDATE asks the plugin for VERSION and checks the config's version against it.
     rt.run("validate", "", "")
         .expect("libcni validates the conflist");

@@ -104,6 +104,10 @@ pub trait Allocator: Send + Sync + 'static {
     fn held(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+    /// Forgets having announced `hosts` (from [`Allocation::new_neighbors`]): the ADD that
+    /// learned them failed and took their neighbour entries back, so a later attach must
+    /// announce them again.
+    fn unlearn(&self, _hosts: &[UnderlayNeighbor]) {}
 }
 
 fn mac_of(s: &str, field: &str) -> Result<[u8; 6], String> {
@@ -257,6 +261,11 @@ impl StaticAllocator {
         for entry in std::fs::read_dir(&leases_dir).map_err(store)? {
             let entry = entry.map_err(store)?;
             let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(LEASE_TMP_PREFIX) {
+                // A lease being written when the agent stopped: it never existed.
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
             let Some((vni, ip)) = parse_lease_name(&name) else {
                 continue;
             };
@@ -333,25 +342,11 @@ impl StaticAllocator {
             if st.used.contains(&(s.vni, ip)) {
                 continue;
             }
-            let path = self.lease_path(s.vni, ip);
-            // create_new: a lease file left by anyone else is never overwritten.
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    use std::io::Write;
-                    let store = |source| AllocError::Store {
-                        path: path.clone(),
-                        source,
-                    };
-                    f.write_all(format!("{}/{}\n", owner.0, owner.1).as_bytes())
-                        .and_then(|()| f.sync_all())
-                        .map_err(store)?;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(source) => return Err(AllocError::Store { path, source }),
+            match self.write_lease(s.vni, ip, &owner) {
+                Ok(true) => {}
+                // A lease file left by anyone else is never overwritten.
+                Ok(false) => continue,
+                Err(e) => return Err(e),
             }
             st.used.insert((s.vni, ip));
             st.by_owner.insert(owner, (idx, ip));
@@ -363,6 +358,38 @@ impl StaticAllocator {
             return Ok(self.allocation(idx, ip));
         }
         Err(AllocError::Exhausted(format!("{}/{}", s.vpc, s.name)))
+    }
+
+    /// Creates the lease file of (vni, ip) naming `owner`, whole or not at all: the owner
+    /// is written and flushed to a temporary file, which is then hard-linked to the lease
+    /// name (refused if that exists) and removed. A failed write or a crash leaves no lease
+    /// file (a half-written one would hold its address for ever); at worst a temporary
+    /// file, which [`StaticAllocator::load`] removes. Ok(false): the address is taken.
+    fn write_lease(
+        &self,
+        vni: u32,
+        ip: Ipv4Addr,
+        owner: &(String, String),
+    ) -> Result<bool, AllocError> {
+        use std::io::Write;
+        let path = self.lease_path(vni, ip);
+        let tmp = self
+            .leases_dir
+            .join(format!("{LEASE_TMP_PREFIX}{vni}-{ip}"));
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(format!("{}/{}\n", owner.0, owner.1).as_bytes())?;
+            f.sync_all()
+        });
+        let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
+        let _ = std::fs::remove_file(&tmp);
+        // The directory is not flushed here (a disk flush on the ADD path): ADD answers only
+        // after the attachment record's durable write, and on a journalling file system
+        // (ext4, xfs) that flush commits this link too.
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(AllocError::Store { path, source: e }),
+        }
     }
 
     fn detach_sync(&self, container_id: &str, ifname: &str) -> Result<bool, AllocError> {
@@ -388,6 +415,9 @@ impl StaticAllocator {
         self.state.lock().expect("lease lock").by_owner.len()
     }
 }
+
+/// Lease files being written are `.tmp-<vni>-<ip>` until they are complete.
+const LEASE_TMP_PREFIX: &str = ".tmp-";
 
 fn parse_lease_name(name: &str) -> Option<(u32, Ipv4Addr)> {
     let (vni, ip) = name.split_once('-')?;
@@ -433,13 +463,20 @@ impl Allocator for StaticAllocator {
 }
 
 /// One controller call: on a broken channel, a reconnect and one more try (every call
-/// is idempotent). `$req` is evaluated per try.
+/// is idempotent). `$req` is evaluated per try. Each try is bounded by
+/// [`CONNECT_TIMEOUT`] and [`CALL_TIMEOUT`]; a call that times out is not tried again (a
+/// controller that does not answer will not answer the second try either).
 macro_rules! call {
     ($self:ident, $method:ident, $req:expr) => {{
-        let mut outcome = $self.client().await?.$method($req).await;
+        let method = stringify!($method);
+        let mut outcome = $self
+            .timed(method, $self.client().await?.$method($req))
+            .await?;
         if let Err(status) = &outcome {
             if $self.is_broken(status).await {
-                outcome = $self.client().await?.$method($req).await;
+                outcome = $self
+                    .timed(method, $self.client().await?.$method($req))
+                    .await?;
             }
         }
         match outcome {
@@ -448,6 +485,14 @@ macro_rules! call {
         }
     }};
 }
+
+/// How long the agent waits for a connection to the controller (TCP and TLS handshakes,
+/// or the Unix socket).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long the agent waits for the answer to one controller call. The node thread does
+/// one command at a time, so this bounds what a controller that accepts connections but
+/// never answers (overloaded, black-holed) costs every ADD, DEL and STATUS queued behind.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// The controller's `sluice.v1.Controller` service.
 ///
@@ -509,14 +554,34 @@ impl ControllerAllocator {
         if let Some(channel) = cached.as_ref() {
             return Ok(ControllerClient::new(channel.clone()));
         }
-        let channel = connect(&self.target, self.tls.as_ref())
-            .await
-            .map_err(|e| AllocError::Unreachable {
-                target: self.text.clone(),
-                message: with_causes(&e),
-            })?;
+        let channel =
+            tokio::time::timeout(CONNECT_TIMEOUT, connect(&self.target, self.tls.as_ref()))
+                .await
+                .map_err(|_| AllocError::Unreachable {
+                    target: self.text.clone(),
+                    message: format!("no connection within {CONNECT_TIMEOUT:?}"),
+                })?
+                .map_err(|e| AllocError::Unreachable {
+                    target: self.text.clone(),
+                    message: with_causes(&e),
+                })?;
         *cached = Some(channel.clone());
         Ok(ControllerClient::new(channel))
+    }
+
+    /// `call` bounded by [`CALL_TIMEOUT`]. On a timeout the cached channel is dropped (the
+    /// connection may be stuck), so the next call connects afresh.
+    async fn timed<T>(&self, method: &str, call: impl Future<Output = T>) -> Result<T, AllocError> {
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(outcome) => Ok(outcome),
+            Err(_) => {
+                *self.channel.lock().await = None;
+                Err(AllocError::Unreachable {
+                    target: self.text.clone(),
+                    message: format!("no answer to {method} within {CALL_TIMEOUT:?}"),
+                })
+            }
+        }
     }
 
     /// Whether a call failed for want of a connection; if so, the cached channel is
@@ -750,6 +815,16 @@ impl Allocator for ControllerAllocator {
         .map(|r| r.released)
     }
 
+    fn unlearn(&self, hosts: &[UnderlayNeighbor]) {
+        let mut p = self.peers.lock().expect("peers lock");
+        for (ip, mac) in hosts {
+            if p.known.get(ip) == Some(mac) {
+                p.known.remove(ip);
+            }
+        }
+        p.listed_at = None;
+    }
+
     async fn reachable(&self) -> Result<(), AllocError> {
         // Connecting proves little for a cached channel: ask for something cheap.
         call!(
@@ -804,6 +879,12 @@ impl Allocator for AnyAllocator {
         match self {
             Self::Static(a) => a.held(),
             Self::Controller(a) => a.held(),
+        }
+    }
+    fn unlearn(&self, hosts: &[UnderlayNeighbor]) {
+        match self {
+            Self::Static(a) => a.unlearn(hosts),
+            Self::Controller(a) => a.unlearn(hosts),
         }
     }
 }
@@ -862,6 +943,42 @@ bouncers = ["198.18.0.1"]
         assert_eq!(
             b.attach_sync(&req("c7")).expect("reused").ip,
             Ipv4Addr::new(10, 1, 0, 2)
+        );
+    }
+
+    #[test]
+    fn a_lease_that_cannot_be_written_leaves_no_file_and_a_crashed_one_is_cleared() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("alloc.toml");
+        std::fs::write(&file, FILE).expect("write");
+        let a = StaticAllocator::load(&file, dir.path()).expect("valid");
+        // The temporary file cannot be created (a directory has its name).
+        let blocker = dir.path().join("leases/.tmp-100-10.1.0.2");
+        std::fs::create_dir(&blocker).expect("mkdir");
+        let e = a.attach_sync(&req("c1")).unwrap_err();
+        assert!(matches!(e, AllocError::Store { .. }), "{e}");
+        std::fs::remove_dir(&blocker).expect("rmdir");
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("leases"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        assert_eq!(a.lease_count(), 0);
+        // The address was not lost: the next attach gets it.
+        assert_eq!(
+            a.attach_sync(&req("c1")).expect("allocates").ip,
+            Ipv4Addr::new(10, 1, 0, 2)
+        );
+        // A crash while writing leaves at most a temporary file: a restart removes it and
+        // its address is free.
+        drop(a);
+        std::fs::write(dir.path().join("leases/.tmp-100-10.1.0.3"), "c2/eth").unwrap();
+        let b = StaticAllocator::load(&file, dir.path()).expect("reload");
+        assert!(!dir.path().join("leases/.tmp-100-10.1.0.3").exists());
+        assert_eq!(b.lease_count(), 1);
+        assert_eq!(
+            b.attach_sync(&req("c2")).expect("allocates").ip,
+            Ipv4Addr::new(10, 1, 0, 3)
         );
     }
 

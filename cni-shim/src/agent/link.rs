@@ -15,7 +15,7 @@ use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage, LinkXdp,
 };
 use rtnetlink::packet_route::neighbour::NeighbourState;
-use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteScope};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// A netlink request that failed, naming what it tried.
@@ -263,6 +263,25 @@ impl Netlink {
             .map_err(Self::err(format!(
                 "adding neighbour {ip} on interface {index}"
             )))
+    }
+
+    /// Whether the default route via `router` out of `index` is in place (a dump of the
+    /// pod's main table, which holds a handful of routes).
+    pub async fn has_default_route(&self, index: u32, router: Ipv4Addr) -> Result<bool, LinkError> {
+        let routes: Vec<_> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(Self::err("listing routes"))?;
+        Ok(routes.iter().any(|r| {
+            r.header.destination_prefix_length == 0
+                && r.attributes.contains(&RouteAttribute::Oif(index))
+                && r.attributes
+                    .contains(&RouteAttribute::Gateway(RouteAddress::Inet(router)))
+        }))
     }
 
     /// The default route via `router` out of `index`, marked onlink so it holds whatever

@@ -70,9 +70,15 @@ pub struct Entered<'a> {
 impl Drop for Entered<'_> {
     fn drop(&mut self) {
         // Returning to a namespace we came from cannot fail short of the kernel losing
-        // it; going on in the wrong namespace would corrupt everything after, so abort.
+        // it; going on in the wrong namespace would corrupt everything after, so the
+        // process ends here, saying why in one line (a panic would only end the thread,
+        // maybe mid-unwind, and leave an agent that answers but can do nothing).
         if let Err(e) = setns(self.home.file.as_fd(), CloneFlags::CLONE_NEWNET) {
-            panic!("returning to the agent's network namespace: {e}");
+            eprintln!(
+                "sluice-node: fatal: returning to the agent's network namespace ({}): {e}; aborting",
+                self.home.path.display()
+            );
+            std::process::abort();
         }
     }
 }

@@ -7,8 +7,13 @@
 //! reverse, so a failed ADD leaves no veth, map entry, lease or record behind. DEL is
 //! idempotent. On start the agent re-adopts its pinned maps and recorded pods (they keep
 //! forwarding while it is down) and removes what a crash may have left half made.
+//!
+//! The thread must not die on its own: a panic here ends the process (with the one-line
+//! report of the panic hook), so the runtime and the DaemonSet see an agent that is not
+//! running, never one that answers "failed" to everything.
 
 use std::collections::HashSet;
+use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -24,13 +29,55 @@ use super::config::NodeConfig;
 use super::ethtool::{Ethtool, EthtoolError};
 use super::link::{LinkError, Netlink};
 use super::netns::{Netns, NetnsError};
-use super::records::{Record, RecordError, Records};
+use super::records::{PendingReleases, Record, RecordError, Records};
 use crate::cni::code;
 
-/// Environment variable naming a step after which ADD fails on purpose (tests prove
-/// that a failed ADD leaves nothing behind): `after_veth`, `after_pod_setup` or
-/// `after_maps`.
+/// Environment variable naming a step of ADD where a fault is injected (tests only):
+/// `STEP` fails the ADD there (a failed ADD must leave nothing behind), `hang:STEP` stops
+/// the node thread there for good (a test then kills the agent: a crash mid-ADD), and
+/// `panic:STEP` panics there (the agent must end, not linger). Steps, in order:
+/// [`FAULT_STEPS`].
 pub const FAULT_ENV: &str = "SLUICE_NODE_FAULT";
+
+/// The steps of ADD where [`FAULT_ENV`] can inject a fault, in the order ADD reaches them.
+pub const FAULT_STEPS: [&str; 4] = [
+    "after_veth",
+    "after_pod_netns",
+    "after_pod_setup",
+    "after_maps",
+];
+
+/// What [`FAULT_ENV`] asks for at its step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Fault {
+    Fail(String),
+    Hang(String),
+    Panic(String),
+}
+
+impl Fault {
+    fn parse(text: &str) -> Result<Self, String> {
+        let (make, step): (fn(String) -> Fault, &str) = match text.split_once(':') {
+            None => (Fault::Fail, text),
+            Some(("hang", step)) => (Fault::Hang, step),
+            Some(("panic", step)) => (Fault::Panic, step),
+            Some((how, _)) => {
+                return Err(format!("{FAULT_ENV}={text}: {how:?} is not hang or panic"))
+            }
+        };
+        if !FAULT_STEPS.contains(&step) {
+            return Err(format!(
+                "{FAULT_ENV}={text}: the step is one of {FAULT_STEPS:?}"
+            ));
+        }
+        Ok(make(step.to_owned()))
+    }
+}
+
+/// How soon a release the allocator could not take is tried again, doubling up to
+/// [`RETRY_MAX`] while it keeps failing.
+pub const RETRY_FIRST: Duration = Duration::from_secs(2);
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Prefix of host-side veth names: `sl` and 11 hex digits of a hash of the attachment.
 pub const HOST_IF_PREFIX: &str = "sl";
@@ -111,10 +158,26 @@ pub enum Job {
         reply: oneshot::Sender<Result<(), AgentError>>,
     },
     Status(oneshot::Sender<StatusReply>),
+    /// GC of network `.0` (the config's `name`), keeping the attachments in `.1`.
     Gc(
-        Vec<(String, String)>,
+        (String, Vec<(String, String)>),
         oneshot::Sender<Result<Vec<String>, AgentError>>,
     ),
+}
+
+impl Job {
+    /// Whether whoever asked has stopped waiting (the shim gave up, its connection
+    /// closed): such a job is skipped rather than done for nobody, so a backlog behind a
+    /// slow controller drains instead of growing.
+    fn abandoned(&self) -> bool {
+        match self {
+            Job::Add(_, r) => r.is_closed(),
+            Job::Del(_, r) => r.is_closed(),
+            Job::Check { reply, .. } => reply.is_closed(),
+            Job::Status(r) => r.is_closed(),
+            Job::Gc(_, r) => r.is_closed(),
+        }
+    }
 }
 
 /// The host-side interface name of an attachment: `sl` + 11 hex digits of FNV-1a over
@@ -244,7 +307,7 @@ pub fn start<A: Allocator>(config: NodeConfig, allocator: Arc<A>) -> Result<Node
                     return;
                 }
             };
-            rt.block_on(async move {
+            let serve = async move {
                 let mut node = match Node::start(config, allocator).await {
                     Ok(node) => {
                         let _ = ready_tx.send(Ok(()));
@@ -255,10 +318,29 @@ pub fn start<A: Allocator>(config: NodeConfig, allocator: Arc<A>) -> Result<Node
                         return;
                     }
                 };
-                while let Some(job) = jobs_rx.recv().await {
-                    node.run(job).await;
+                loop {
+                    let retry = node.retry_at;
+                    let due = async move {
+                        match retry {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        job = jobs_rx.recv() => match job {
+                            Some(job) => node.run(job).await,
+                            None => break,
+                        },
+                        () = due => node.retry_owed().await,
+                    }
                 }
-            });
+            };
+            // A panic has already been reported by the hook (one line); the process
+            // ends rather than leave a service whose every answer is "stopped".
+            let run = std::panic::AssertUnwindSafe(|| rt.block_on(serve));
+            if std::panic::catch_unwind(run).is_err() {
+                std::process::exit(101);
+            }
         })
         .map_err(|e| format!("spawning the node thread: {e}"))?;
     ready_rx
@@ -276,14 +358,24 @@ struct Node<A> {
     records: Records,
     identity: NodeIdentity,
     pod_mtu: u32,
-    fault: Option<String>,
+    fault: Option<Fault>,
     /// The ethtool generic netlink family's id, once resolved.
     ethtool_family: Option<u16>,
+    /// Releases the allocator has not taken yet (on disk).
+    owed: PendingReleases,
+    /// Whether the allocator has taken this node's registration since the agent started.
+    registered: bool,
+    /// When to try owed releases (and the registration) again, and the wait after that.
+    retry_at: Option<tokio::time::Instant>,
+    retry_wait: Duration,
 }
 
 /// A step of ADD to take back.
 enum Undo {
     Release,
+    /// An underlay neighbour entry this ADD created (none was there), with whether the
+    /// allocator announced it as a new host (then it must announce it again).
+    RemoveNeighbor(Ipv4Addr, Option<[u8; 6]>),
     DeleteVeth(String),
     RemovePod(u32),
     RemoveRecord,
@@ -327,21 +419,31 @@ impl<A: Allocator> Node<A> {
         stubs
             .attach_transit(underlay.index)
             .map_err(|e| e.to_string())?;
-        match allocator.register(&config.node, ip, underlay.mac).await {
+        let registered = match allocator.register(&config.node, ip, underlay.mac).await {
             Ok(neighbors) => {
                 for (nip, mac) in neighbors {
                     stubs
                         .set_underlay_neighbor(nip, mac)
                         .map_err(|e| e.to_string())?;
                 }
+                true
             }
-            // The controller may come later; STATUS says not ready meanwhile.
-            Err(e) => tracing::warn!("registering the node: {e}"),
-        }
+            // The controller may come later (the neighbours pinned by the last run keep
+            // existing pods going): STATUS says not ready meanwhile, and the registration
+            // is retried.
+            Err(e) => {
+                tracing::warn!("registering the node (will retry): {e}");
+                false
+            }
+        };
         let records = Records::open(&config.state_dir).map_err(|e| e.to_string())?;
-        let fault = std::env::var(FAULT_ENV).ok().filter(|f| !f.is_empty());
+        let owed = PendingReleases::open(&config.state_dir).map_err(|e| e.to_string())?;
+        let fault = match std::env::var(FAULT_ENV) {
+            Ok(f) if !f.is_empty() => Some(Fault::parse(&f)?),
+            _ => None,
+        };
         if let Some(f) = &fault {
-            tracing::warn!("{FAULT_ENV}={f}: every ADD will fail after that step (tests only)");
+            tracing::warn!("{FAULT_ENV}: every ADD meets {f:?} (tests only)");
         }
         let pod_mtu = config.pod_mtu(underlay.mtu);
         tracing::info!(
@@ -359,14 +461,26 @@ impl<A: Allocator> Node<A> {
             pod_mtu,
             fault,
             ethtool_family: None,
+            owed,
+            registered,
+            retry_at: None,
+            retry_wait: RETRY_FIRST,
         };
         node.adopt()
             .await
             .map_err(|e| format!("re-adopting pods: {e}"))?;
+        let owed_now = node.owed.all().map(|o| !o.is_empty()).unwrap_or(true);
+        if !node.registered || owed_now {
+            node.retry_at = Some(tokio::time::Instant::now() + RETRY_FIRST);
+        }
         Ok(node)
     }
 
     async fn run(&mut self, job: Job) {
+        if job.abandoned() {
+            tracing::info!("skipping a command whose caller stopped waiting");
+            return;
+        }
         match job {
             Job::Add(att, reply) => {
                 let span =
@@ -395,15 +509,24 @@ impl<A: Allocator> Node<A> {
             Job::Status(reply) => {
                 let _ = reply.send(self.status().await);
             }
-            Job::Gc(valid, reply) => {
-                let _ = reply.send(self.gc(valid).await);
+            Job::Gc((network, valid), reply) => {
+                let _ = reply.send(self.gc(&network, valid).await);
             }
         }
     }
 
     fn injected(&self, step: &str) -> Result<(), AgentError> {
         match &self.fault {
-            Some(f) if f == step => Err(AgentError::Injected(step.to_owned())),
+            Some(Fault::Fail(f)) if f == step => Err(AgentError::Injected(step.to_owned())),
+            Some(Fault::Hang(f)) if f == step => {
+                tracing::warn!("{FAULT_ENV}: hanging at {step}");
+                loop {
+                    std::thread::park();
+                }
+            }
+            Some(Fault::Panic(f)) if f == step => {
+                panic!("failure injected at step {step} ({FAULT_ENV})")
+            }
             _ => Ok(()),
         }
     }
@@ -453,6 +576,7 @@ impl<A: Allocator> Node<A> {
     async fn add(&mut self, att: &AttachmentMsg) -> Result<AddReply, AgentError> {
         if let Some(existing) = self.records.read(&att.container_id, &att.ifname)? {
             if existing.netns == att.netns {
+                let existing = self.claim(existing, &att.network_name)?;
                 return Ok(self.reply_of(&existing));
             }
             return Err(AgentError::Invalid(format!(
@@ -461,6 +585,10 @@ impl<A: Allocator> Node<A> {
             )));
         }
         let netns = Netns::open(Path::new(&att.netns))?;
+        // A release still owed for this identity (its pod vanished while the allocator
+        // was unreachable) is superseded: the allocator hands the identity back what it
+        // holds, and releasing it later would pull the address from under the new pod.
+        self.owed.remove(&att.container_id, &att.ifname)?;
         let mut undo = Vec::new();
         let mut laps = Laps::new();
         let result = self.add_steps(att, &netns, &mut undo, &mut laps).await;
@@ -492,8 +620,18 @@ impl<A: Allocator> Node<A> {
             .await?;
         undo.push(Undo::Release);
         laps.lap("alloc");
+        // Underlay neighbours are shared by every pod of the node: a failed ADD takes back
+        // only the entries it created.
         for (ip, mac) in alloc.bouncers.iter().chain(&alloc.new_neighbors) {
+            let before = self.stubs.underlay_neighbor(*ip)?;
+            if before == Some(*mac) {
+                continue;
+            }
             self.stubs.set_underlay_neighbor(*ip, *mac)?;
+            if before.is_none() {
+                let announced = alloc.new_neighbors.contains(&(*ip, *mac)).then_some(*mac);
+                undo.push(Undo::RemoveNeighbor(*ip, announced));
+            }
         }
         laps.lap("neighbours");
 
@@ -538,6 +676,7 @@ impl<A: Allocator> Node<A> {
         let record = Record {
             container_id: att.container_id.clone(),
             ifname: att.ifname.clone(),
+            network_name: att.network_name.clone(),
             netns: att.netns.clone(),
             host_ifname: host_name,
             host_ifindex: host_link.index,
@@ -601,6 +740,7 @@ impl<A: Allocator> Node<A> {
         };
         self.ethtool_family = Some(ethtool.family());
         laps.lap("pod_netns");
+        self.injected("after_pod_netns")?;
         // The pod's stack must write full L4 checksums: the agent stub redirects its
         // frames in XDP, where a checksum left to offload is never completed.
         ethtool.disable_tx_checksums(pod_index)?;
@@ -648,6 +788,12 @@ impl<A: Allocator> Node<A> {
                 Err(e) => Err(e.into()),
             },
             Undo::RemovePod(index) => self.stubs.remove_pod(index).map(|_| ()).map_err(Into::into),
+            Undo::RemoveNeighbor(ip, announced) => {
+                if let Some(mac) = announced {
+                    self.allocator.unlearn(&[(ip, mac)]);
+                }
+                self.stubs.remove_underlay_neighbor(ip).map_err(Into::into)
+            }
             Undo::RemoveRecord => self
                 .records
                 .remove(&att.container_id, &att.ifname)
@@ -673,8 +819,24 @@ impl<A: Allocator> Node<A> {
             .allocator
             .detach(&self.config.node, container_id, ifname)
             .await?;
+        self.owed.remove(container_id, ifname)?;
         let removed = self.records.remove(container_id, ifname)?;
         Ok(removed || released || link.is_some())
+    }
+
+    /// A legacy record (written before records kept the network name) claimed for
+    /// `network_name` by a request that names the attachment with its network; other
+    /// records unchanged.
+    fn claim(&self, mut r: Record, network_name: &str) -> Result<Record, AgentError> {
+        if r.network_name.is_empty() && !network_name.is_empty() {
+            tracing::info!(
+                container = %r.container_id, ifname = %r.ifname, network = network_name,
+                "recording the network of an attachment made by an older agent"
+            );
+            r.network_name = network_name.to_owned();
+            self.records.write(&r)?;
+        }
+        Ok(r)
     }
 
     /// Removes the pod's map entries, making sure they are its own: if its veth is gone
@@ -709,6 +871,7 @@ impl<A: Allocator> Node<A> {
                     att.container_id, att.ifname
                 ))
             })?;
+        let r = self.claim(r, &att.network_name)?;
         let mismatch = |m: String| Err(AgentError::Mismatch(m));
         let address = format!("{}/{}", r.allocation.ip, r.allocation.prefix_len);
         if !prev_addresses.contains(&address) {
@@ -757,16 +920,26 @@ impl<A: Allocator> Node<A> {
         Ok(())
     }
 
+    /// STATUS. Existing pods depend on the transit program (their inbound traffic from
+    /// other hosts) and on the stubs, not on the allocator; new pods need the allocator
+    /// too. So: the transit program off the underlay interface (or the interface gone)
+    /// with pods attached is not ready *and* limited (CNI 51: "existing containers may
+    /// have limited connectivity"); an allocator that does not answer, or a transit
+    /// problem with no pod attached, is not ready (CNI 50: cannot serve ADD).
     async fn status(&mut self) -> StatusReply {
         let attachments = self.records.all().map(|r| r.len() as u32).unwrap_or(0);
-        let reason = match self.allocator.reachable().await {
-            Err(e) => format!("the allocator is not reachable: {e}"),
-            Ok(()) => self.transit_problem().await.unwrap_or_default(),
+        let transit = self.transit_problem().await;
+        let allocator = match self.allocator.reachable().await {
+            Ok(()) => None,
+            Err(e) => Some(format!("the allocator is not reachable: {e}")),
         };
+        let limited = transit.is_some() && attachments > 0;
+        let reason: Vec<String> = transit.into_iter().chain(allocator).collect();
         StatusReply {
             ready: reason.is_empty(),
-            reason,
+            reason: reason.join("; "),
             attachments,
+            limited,
         }
     }
 
@@ -787,12 +960,48 @@ impl<A: Allocator> Node<A> {
         }
     }
 
-    async fn gc(&mut self, valid: Vec<(String, String)>) -> Result<Vec<String>, AgentError> {
+    /// GC of network `network_name`: removes its attachments not in `valid`. Another
+    /// network's attachments are never touched. A legacy record (no network name) named in
+    /// `valid` is claimed for this network; one not named is left alone while its pod's
+    /// veth exists (it may belong to another network), and removed once the veth is gone
+    /// (then the pod is gone, whatever its network).
+    async fn gc(
+        &mut self,
+        network_name: &str,
+        valid: Vec<(String, String)>,
+    ) -> Result<Vec<String>, AgentError> {
+        if network_name.is_empty() {
+            return Err(AgentError::Invalid(
+                "GC names no network (network_name): refusing to collect every network's \
+                 attachments; is sluice-cni older than the node agent?"
+                    .into(),
+            ));
+        }
         let valid: HashSet<(String, String)> = valid.into_iter().collect();
         let mut removed = Vec::new();
         for r in self.records.all()? {
             let key = (r.container_id.clone(), r.ifname.clone());
-            if !valid.contains(&key) {
+            let collect = if r.network_name == network_name {
+                !valid.contains(&key)
+            } else if r.network_name.is_empty() {
+                if valid.contains(&key) {
+                    self.claim(r.clone(), network_name)?;
+                    false
+                } else {
+                    let veth = self.host.link_by_name(&r.host_ifname).await?;
+                    let gone = veth.is_none_or(|l| l.index != r.host_ifindex);
+                    if !gone {
+                        tracing::info!(
+                            container = %r.container_id, ifname = %r.ifname,
+                            "GC: leaving an attachment of unknown network (older record)"
+                        );
+                    }
+                    gone
+                }
+            } else {
+                false
+            };
+            if collect {
                 self.del(&r.container_id, &r.ifname).await?;
                 removed.push(format!("{}/{}", r.container_id, r.ifname));
             }
@@ -800,26 +1009,42 @@ impl<A: Allocator> Node<A> {
         Ok(removed)
     }
 
-    /// After a restart: keep recorded pods whose veth still exists (re-attaching the
-    /// freshly loaded agent program and rewriting their entries), clean up the ones that
-    /// vanished meanwhile, and remove what a crash mid-ADD may have left.
+    /// After a restart: keep recorded pods whose veth still exists and whose pod side is
+    /// complete (re-attaching the freshly loaded agent program and rewriting their
+    /// entries); clean up the ones that vanished meanwhile, and the ones a crash left
+    /// half made (the record is written while the kernel work runs, so it may precede an
+    /// unfinished pod side); remove unrecorded veths, entries and leases. Releases the
+    /// allocator cannot take now (an unreachable controller) are owed and retried: the
+    /// agent starts and serves its pods regardless.
     async fn adopt(&mut self) -> Result<(), AgentError> {
         let mut kept_indexes = HashSet::new();
         let mut kept_owners = HashSet::new();
+        let mut unreachable = false;
         for r in self.records.all()? {
-            match self.host.link_by_name(&r.host_ifname).await? {
-                Some(l) if l.index == r.host_ifindex => {
+            let live = match self.host.link_by_name(&r.host_ifname).await? {
+                Some(l) if l.index == r.host_ifindex => Some(l),
+                _ => None,
+            };
+            let problem = match &live {
+                None => Some("its pod vanished while the agent was down".to_owned()),
+                Some(_) => self.pod_side_problem(&r).await,
+            };
+            match (live, problem) {
+                (Some(l), None) => {
                     self.stubs.attach_agent(l.index)?;
                     self.stubs
                         .add_pod(l.index, &Self::pod_entry(&r.allocation))?;
                     kept_indexes.insert(l.index);
                     kept_owners.insert((r.container_id.clone(), r.ifname.clone()));
                 }
-                _ => {
-                    tracing::info!(container = %r.container_id, "pod vanished while the agent was down");
-                    self.forget_pod(&r, None)?;
-                    self.allocator
-                        .detach(&self.config.node, &r.container_id, &r.ifname)
+                (live, why) => {
+                    let why = why.unwrap_or_default();
+                    tracing::info!(container = %r.container_id, ifname = %r.ifname, "removing an attachment: {why}");
+                    self.forget_pod(&r, live.as_ref().map(|l| l.index))?;
+                    if let Some(l) = live {
+                        self.host.delete(l.index).await?;
+                    }
+                    self.release_or_owe(&r.container_id, &r.ifname, &mut unreachable)
                         .await?;
                     self.records.remove(&r.container_id, &r.ifname)?;
                 }
@@ -845,12 +1070,157 @@ impl<A: Allocator> Node<A> {
         }
         for (cid, ifname) in self.allocator.held() {
             if !kept_owners.contains(&(cid.clone(), ifname.clone())) {
-                self.allocator
-                    .detach(&self.config.node, &cid, &ifname)
-                    .await?;
+                tracing::info!(container = %cid, %ifname, "releasing an unrecorded lease");
+                self.release_or_owe(&cid, &ifname, &mut unreachable).await?;
             }
         }
         Ok(())
+    }
+
+    /// What is missing from a recorded pod's side (its namespace, interface, MAC,
+    /// address or default route), if anything. A lookup that fails for another reason
+    /// keeps the pod: only what is certainly missing condemns it.
+    async fn pod_side_problem(&self, r: &Record) -> Option<String> {
+        let netns = match Netns::open(Path::new(&r.netns)) {
+            Ok(n) => n,
+            Err(NetnsError::Open { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Some(format!("its namespace {} is gone", r.netns));
+            }
+            Err(e) => {
+                tracing::warn!("keeping {}/{}: {e}", r.container_id, r.ifname);
+                return None;
+            }
+        };
+        let checked: Result<Option<String>, AgentError> = async {
+            let pod = {
+                let _inside = netns.enter(&self.home)?;
+                Netlink::open().map_err(AgentError::Socket)?
+            };
+            let a = &r.allocation;
+            let Some(link) = pod.link_by_name(&r.ifname).await? else {
+                return Ok(Some(format!("{} is missing from its namespace", r.ifname)));
+            };
+            if link.mac != a.mac {
+                return Ok(Some(format!("{} has another MAC", r.ifname)));
+            }
+            if !pod.has_address(link.index, a.ip, a.prefix_len).await? {
+                return Ok(Some(format!(
+                    "{} has no address {}/{}",
+                    r.ifname, a.ip, a.prefix_len
+                )));
+            }
+            if !pod.has_default_route(link.index, a.router_ip).await? {
+                return Ok(Some(format!(
+                    "{} has no default route via {}",
+                    r.ifname, a.router_ip
+                )));
+            }
+            Ok(None)
+        }
+        .await;
+        checked.unwrap_or_else(|e| {
+            tracing::warn!(
+                "keeping {}/{}: checking its pod side: {e}",
+                r.container_id,
+                r.ifname
+            );
+            None
+        })
+    }
+
+    /// Releases (container_id, ifname), or records the release as owed when the
+    /// allocator does not take it (and, once it was unreachable, stops asking it during
+    /// this pass: each try would cost a timeout).
+    async fn release_or_owe(
+        &mut self,
+        container_id: &str,
+        ifname: &str,
+        unreachable: &mut bool,
+    ) -> Result<(), AgentError> {
+        if !*unreachable {
+            match self
+                .allocator
+                .detach(&self.config.node, container_id, ifname)
+                .await
+            {
+                Ok(_) => {
+                    self.owed.remove(container_id, ifname)?;
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        container = container_id,
+                        ifname,
+                        "releasing the address (owed, will retry): {e}"
+                    );
+                    *unreachable = matches!(e, AllocError::Unreachable { .. });
+                }
+            }
+        }
+        self.owed.add(container_id, ifname)?;
+        Ok(())
+    }
+
+    /// Tries again what the allocator could not take: the node's registration, then
+    /// every owed release. Reschedules itself, backing off, while something fails.
+    async fn retry_owed(&mut self) {
+        let mut failed = false;
+        if !self.registered {
+            let NodeIdentity { ip, mac, .. } = self.identity;
+            match self.allocator.register(&self.config.node, ip, mac).await {
+                Ok(neighbors) => {
+                    for (nip, nmac) in neighbors {
+                        if let Err(e) = self.stubs.set_underlay_neighbor(nip, nmac) {
+                            tracing::error!("{e}");
+                        }
+                    }
+                    tracing::info!("registered the node");
+                    self.registered = true;
+                }
+                Err(e) => {
+                    tracing::warn!("registering the node (will retry): {e}");
+                    failed = true;
+                }
+            }
+        }
+        if !failed {
+            match self.owed.all() {
+                Err(e) => {
+                    tracing::error!("{e}");
+                    failed = true;
+                }
+                Ok(owed) => {
+                    for (cid, ifname) in owed {
+                        match self
+                            .allocator
+                            .detach(&self.config.node, &cid, &ifname)
+                            .await
+                        {
+                            Ok(_) => {
+                                tracing::info!(container = %cid, %ifname, "released an owed address");
+                                if let Err(e) = self.owed.remove(&cid, &ifname) {
+                                    tracing::error!("{e}");
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(container = %cid, %ifname, "releasing an owed address (will retry): {e}");
+                                failed = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if failed {
+            self.retry_at = Some(tokio::time::Instant::now() + self.retry_wait);
+            self.retry_wait = (self.retry_wait * 2).min(RETRY_MAX);
+        } else {
+            self.retry_at = None;
+            self.retry_wait = RETRY_FIRST;
+        }
     }
 }
 
@@ -866,6 +1236,151 @@ mod tests {
         assert_eq!(a.len(), 13);
         assert!(is_host_ifname(&a));
         assert!(!is_host_ifname("slow0"));
+    }
+
+    /// Every agent error, the CNI code the shim prints for it and the gRPC code it
+    /// travels with (the shim falls back on the latter when the metadata is lost).
+    #[test]
+    fn every_agent_error_maps_to_its_cni_and_grpc_codes() {
+        use tonic::Code;
+        let io = || std::io::Error::other("x");
+        let unreachable = AllocError::Unreachable {
+            target: "unix:///c.sock".into(),
+            message: "no answer to attach_endpoint within 4s".into(),
+        };
+        let cases: Vec<(AgentError, u32, Code)> = vec![
+            (
+                NetnsError::Open {
+                    path: "/run/netns/x".into(),
+                    source: io(),
+                }
+                .into(),
+                code::INVALID_ENVIRONMENT,
+                Code::InvalidArgument,
+            ),
+            (unreachable.into(), code::TRY_AGAIN_LATER, Code::Unavailable),
+            (
+                AllocError::Exhausted("a/web".into()).into(),
+                code::ALLOCATION_FAILED,
+                Code::ResourceExhausted,
+            ),
+            (
+                AllocError::UnknownNetwork("a/nope".into()).into(),
+                code::ALLOCATION_FAILED,
+                Code::NotFound,
+            ),
+            (
+                AllocError::Refused("no bouncer".into()).into(),
+                code::ALLOCATION_FAILED,
+                Code::Internal,
+            ),
+            (
+                AllocError::BadReply("ip".into()).into(),
+                code::ALLOCATION_FAILED,
+                Code::Internal,
+            ),
+            (
+                AllocError::Store {
+                    path: "/l".into(),
+                    source: io(),
+                }
+                .into(),
+                code::ALLOCATION_FAILED,
+                Code::Internal,
+            ),
+            (
+                AllocError::File {
+                    path: "/f".into(),
+                    message: "m".into(),
+                }
+                .into(),
+                code::ALLOCATION_FAILED,
+                Code::Internal,
+            ),
+            (
+                LinkError {
+                    what: "creating veth".into(),
+                    source: rtnetlink::Error::RequestFailed,
+                }
+                .into(),
+                code::KERNEL_SETUP_FAILED,
+                Code::Internal,
+            ),
+            (
+                StubError::InvalidPod("p".into()).into(),
+                code::KERNEL_SETUP_FAILED,
+                Code::Internal,
+            ),
+            (
+                EthtoolError::StillOn {
+                    index: 7,
+                    features: vec![],
+                }
+                .into(),
+                code::KERNEL_SETUP_FAILED,
+                Code::Internal,
+            ),
+            (
+                AgentError::Injected("after_veth".into()),
+                code::KERNEL_SETUP_FAILED,
+                Code::Internal,
+            ),
+            (
+                AgentError::Socket(io()),
+                code::KERNEL_SETUP_FAILED,
+                Code::Internal,
+            ),
+            (
+                RecordError {
+                    path: "/r".into(),
+                    source: io(),
+                }
+                .into(),
+                code::IO_FAILURE,
+                Code::Internal,
+            ),
+            (
+                AgentError::UnknownContainer("c".into()),
+                code::UNKNOWN_CONTAINER,
+                Code::NotFound,
+            ),
+            (
+                AgentError::Mismatch("m".into()),
+                code::CHECK_MISMATCH,
+                Code::FailedPrecondition,
+            ),
+            (
+                AgentError::Invalid("i".into()),
+                code::INVALID_NETWORK_CONFIG,
+                Code::InvalidArgument,
+            ),
+            (AgentError::Stopped, code::AGENT_FAILED, Code::Internal),
+        ];
+        for (error, cni, grpc) in cases {
+            assert_eq!(
+                (error.cni_code(), error.grpc_code()),
+                (cni, grpc),
+                "{error:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn faults_parse_and_name_their_step() {
+        assert_eq!(
+            Fault::parse("after_veth"),
+            Ok(Fault::Fail("after_veth".into()))
+        );
+        assert_eq!(
+            Fault::parse("hang:after_pod_netns"),
+            Ok(Fault::Hang("after_pod_netns".into()))
+        );
+        assert_eq!(
+            Fault::parse("panic:after_maps"),
+            Ok(Fault::Panic("after_maps".into()))
+        );
+        assert!(Fault::parse("after_lunch").is_err());
+        assert!(Fault::parse("sleep:after_veth").is_err());
     }
 
     #[test]

@@ -96,15 +96,15 @@ impl NodeAgent for NodeAgentService {
     }
 
     async fn gc(&self, req: Request<GcRequest>) -> Result<Response<GcReply>, Status> {
+        let req = req.into_inner();
         let valid = req
-            .into_inner()
             .valid_attachments
             .into_iter()
             .map(|a| (a.container_id, a.ifname))
             .collect();
         let removed = self
             .node
-            .call(|tx| Job::Gc(valid, tx))
+            .call(|tx| Job::Gc((req.network_name, valid), tx))
             .await
             .and_then(|r| r)
             .map_err(status_of)?;

@@ -1,7 +1,8 @@
 //! sluice-cni: the CNI plugin the container runtime executes. It reads the CNI_*
 //! environment and the network config on stdin, forwards the command to the node agent
 //! (sluice-node) over its Unix socket, and prints the spec's result or error JSON.
-//! Exit status 0 on success, 1 with error JSON on stdout otherwise.
+//! Exit status 0 on success, 1 with error JSON on stdout otherwise. Even a panic (a bug)
+//! ends as error JSON (code 101) on stdout, with one line on stderr.
 #![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
@@ -11,21 +12,22 @@ use sluice_cni::cni::{code, CniError, Invocation};
 use sluice_cni::shim;
 
 fn main() -> ExitCode {
-    let mut stdin = Vec::new();
-    let read = std::io::stdin().read_to_end(&mut stdin);
-    let invocation = match read {
-        Err(e) => Err(CniError::new(
-            code::IO_FAILURE,
-            format!("reading the network config from stdin: {e}"),
-        )),
-        Ok(_) => Invocation::parse(|k| std::env::var(k).ok(), &stdin),
-    };
-    let outcome = invocation.as_ref().map_err(Clone::clone).and_then(|inv| {
+    sluice_api::process::one_line_panics("sluice-cni");
+    let mut invocation = None;
+    let outcome = shim::catching(|| {
+        let mut stdin = Vec::new();
+        std::io::stdin().read_to_end(&mut stdin).map_err(|e| {
+            CniError::new(
+                code::IO_FAILURE,
+                format!("reading the network config from stdin: {e}"),
+            )
+        })?;
+        let parsed = invocation.insert(Invocation::parse(|k| std::env::var(k).ok(), &stdin)?);
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| CniError::new(code::IO_FAILURE, format!("starting the runtime: {e}")))?
-            .block_on(shim::run(inv))
+            .block_on(shim::run(parsed))
     });
     let mut out = std::io::stdout().lock();
     match outcome {
@@ -35,7 +37,7 @@ fn main() -> ExitCode {
         }
         Ok(None) => ExitCode::SUCCESS,
         Err(err) => {
-            let _ = writeln!(out, "{}", shim::error_json(&err, invocation.as_ref().ok()));
+            let _ = writeln!(out, "{}", shim::error_json(&err, invocation.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -1,7 +1,7 @@
 //! sluice-node: the node agent, one per worker. Loads the XDP stubs, attaches the transit
 //! program to the underlay interface and serves the CNI shim on a Unix socket until
 //! SIGTERM or SIGINT. Attached programs, pinned maps and pods outlive it, so a restart
-//! breaks no pod. Errors print as one line.
+//! breaks no pod. Errors print as one line, and so do panics (which end the process).
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -23,6 +23,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    sluice_api::process::one_line_panics("sluice-node");
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)

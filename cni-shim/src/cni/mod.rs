@@ -31,11 +31,15 @@ pub mod code {
     pub const DECODING_FAILURE: u32 = 6;
     pub const INVALID_NETWORK_CONFIG: u32 = 7;
     pub const TRY_AGAIN_LATER: u32 = 11;
+    /// STATUS: the plugin cannot serve ADD (existing pods are unaffected).
     pub const PLUGIN_NOT_AVAILABLE: u32 = 50;
+    /// STATUS: the plugin cannot serve ADD, and existing pods may have limited
+    /// connectivity.
     pub const PLUGIN_NOT_AVAILABLE_LIMITED: u32 = 51;
     /// The node agent's socket is absent or refuses connections.
     pub const AGENT_NOT_RUNNING: u32 = 100;
-    /// The agent failed in a way it could not classify.
+    /// An internal error with no better code: the agent failed in a way it could not
+    /// classify, or the shim itself panicked (a bug).
     pub const AGENT_FAILED: u32 = 101;
     /// The controller (or static allocation file) could not allocate an address.
     pub const ALLOCATION_FAILED: u32 = 102;
@@ -159,7 +163,8 @@ impl Attachment {
 /// One parsed CNI invocation.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Invocation {
-    /// VERSION: the runtime's version from stdin, if it gave one.
+    /// VERSION. The runtime's `cniVersion` on stdin is not needed (the reply lists every
+    /// version the plugin supports, whatever the runtime speaks), so it is not kept.
     Version,
     Add(NetConf, Attachment),
     Del(NetConf, Attachment),

@@ -8,6 +8,10 @@
 //! addresses come from 198.18.0.0/15 only.
 #![allow(dead_code)]
 
+pub mod controller;
+pub mod libcni;
+
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -224,34 +228,55 @@ impl Worker {
         mac: &str,
         allocation: &str,
     ) -> Self {
+        Self::with_source(base, name, underlay, addr, mac, |dir| {
+            let file = dir.join("allocation.toml");
+            std::fs::write(&file, allocation).expect("allocation");
+            format!("static_allocation = \"{}\"\n", file.display())
+        })
+    }
+
+    /// The same with addresses from the controller at `url` (`unix:///...`).
+    pub fn with_controller(
+        base: &str,
+        name: &str,
+        underlay: &Underlay,
+        addr: &str,
+        mac: &str,
+        url: &str,
+    ) -> Self {
+        Self::with_source(base, name, underlay, addr, mac, |_| {
+            format!("controller = \"{url}\"\n")
+        })
+    }
+
+    fn with_source(
+        base: &str,
+        name: &str,
+        underlay: &Underlay,
+        addr: &str,
+        mac: &str,
+        source: impl FnOnce(&Path) -> String,
+    ) -> Self {
         let ns = Netns::new(format!("{base}-{name}"));
         underlay.plug(&ns, addr, mac);
         let dir = tempfile::tempdir().expect("tempdir");
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", ns.name));
         let socket = dir.path().join("node.sock");
-        std::fs::write(dir.path().join("allocation.toml"), allocation).expect("allocation");
+        let source = source(dir.path());
         std::fs::write(
             dir.path().join("node.toml"),
             format!(
                 "node = \"{}\"\nunderlay_interface = \"eth0\"\npin_dir = \"{}\"\n\
-                 socket = \"{}\"\nstate_dir = \"{}\"\nstatic_allocation = \"{}\"\n",
+                 socket = \"{}\"\nstate_dir = \"{}\"\n{source}",
                 ns.name,
                 pin_dir.display(),
                 socket.display(),
                 dir.path().join("state").display(),
-                dir.path().join("allocation.toml").display(),
             ),
         )
         .expect("node.toml");
-        let conflist = dir.path().join("net.conflist");
-        std::fs::write(
-            &conflist,
-            format!(
-                "{{\"cniVersion\":\"1.0.0\",\"name\":\"sluice\",\"plugins\":[{{\"type\":\"sluice\",\"socket\":\"{}\"}}]}}",
-                socket.display()
-            ),
-        )
-        .expect("conflist");
+        let conflist = dir.path().join("10-sluice.conflist");
+        std::fs::write(&conflist, shipped_conflist(&socket)).expect("conflist");
         Worker {
             ns,
             pin_dir,
@@ -300,6 +325,35 @@ impl Worker {
 
     pub fn pid(&self) -> u32 {
         self.node.as_ref().expect("running").id()
+    }
+
+    /// Kills the agent with SIGKILL (a crash) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.node.take() {
+            kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).expect("SIGKILL");
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits up to `timeout` for the agent to exit by itself; its status, or None.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.node.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.node = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The agent's state directory (records, leases, owed releases).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     /// Stops the agent with SIGTERM and waits for it.
@@ -377,10 +431,44 @@ impl Worker {
             .unwrap_or(0)
     }
 
+    /// Attachment records (complete ones: `*.json`, not a write in progress).
     pub fn records(&self) -> usize {
         std::fs::read_dir(self.dir.path().join("state/attachments"))
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Releases the agent owes the allocator (`pending-releases`).
+    pub fn owed_releases(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("state/pending-releases"))
             .map(|d| d.count())
             .unwrap_or(0)
+    }
+
+    /// Entries of every map pinned under the worker's pin directory, by name (programs
+    /// skipped): what a leak check compares.
+    pub fn map_snapshot(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for entry in std::fs::read_dir(&self.pin_dir).expect("pin dir") {
+            let name = entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            // Programs are pinned as prog_<name>.
+            if name.starts_with("prog_") {
+                continue;
+            }
+            out.insert(name.clone(), self.map_entries(&name));
+        }
+        assert!(out.len() >= 7, "maps pinned: {out:?}");
+        out
     }
 
     pub fn fd_count(&self) -> usize {
@@ -412,6 +500,25 @@ impl Drop for Worker {
         let _ = sluice_dataplane::stubs::NodeStubs::unpin_all(&self.pin_dir);
         let _ = std::fs::remove_dir(&self.pin_dir);
     }
+}
+
+/// The repository's `config/10-sluice.conflist` as a test bed installs it: unchanged but
+/// for every plugin's `socket`, which names the worker's own agent (each test runs its
+/// own). The test bed's one substitution; anything else in the shipped file is what the
+/// tests run with.
+pub fn shipped_conflist(socket: &Path) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/10-sluice.conflist");
+    let text = std::fs::read_to_string(&path).expect("config/10-sluice.conflist");
+    let mut v: Value = serde_json::from_str(&text).expect("the shipped conflist is JSON");
+    for plugin in v["plugins"].as_array_mut().expect("plugins") {
+        assert!(
+            plugin.get("socket").is_some(),
+            "{}: a plugin without socket",
+            path.display()
+        );
+        plugin["socket"] = Value::String(socket.display().to_string());
+    }
+    v.to_string()
 }
 
 /// What `sluice-cni` did.

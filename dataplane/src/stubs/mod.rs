@@ -406,6 +406,18 @@ impl NodeStubs {
         )
     }
 
+    /// The MAC recorded for underlay host `ip`, if any (the node agent takes back only
+    /// the entries a failed ADD created).
+    pub fn underlay_neighbor(&self, ip: Ipv4Addr) -> Result<Option<[u8; 6]>, StubError> {
+        Ok(
+            lookup(&self.neighbors, MAP_NEIGHBORS, &ip.octets())?.map(|v| {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(&v[..6]);
+                mac
+            }),
+        )
+    }
+
     /// Ok whether or not the neighbour was there.
     pub fn remove_underlay_neighbor(&self, ip: Ipv4Addr) -> Result<(), StubError> {
         delete(
