@@ -7,6 +7,7 @@
 //!   error) and back.
 //! * [`client`]: connecting to a gateway's control service over a Unix socket or TCP with
 //!   mutual TLS.
+//! * [`process`]: one-line panic reports, for every binary.
 //!
 //! The names are one set: a proto field `service_cidr` is `serviceCidr` in YAML and in
 //! error messages, `service_cidr` in Rust.
@@ -16,6 +17,7 @@ pub mod client;
 pub mod convert;
 pub mod manifest;
 pub mod model;
+pub mod process;
 pub mod proto;
 
 pub use convert::ConvertError;
