@@ -345,3 +345,57 @@ fn binding_to_a_missing_interface_names_it() {
     .expect_err("no such interface");
     assert!(err.to_string().contains("nosuch0"), "{err}");
 }
+
+/// An idle worker moves on to each new copy of the tables (it reloads while it waits for
+/// packets), so updates never find it holding the old copy and never cost a whole copy
+/// of the tables; and a packet to an endpoint added meanwhile is bounced at once.
+#[test]
+fn updates_to_an_idle_worker_cost_no_table_copy_and_take_effect() {
+    use sluice_api::{Endpoint, MacAddr, Object, Transaction, Vni};
+
+    let topo = Segment::new("sl-eng");
+    let mut writer = world_tables();
+    let capture = Capture::open(&topo);
+    let mut gateway = Gateway::start(&topo, &writer);
+    // No traffic at all: the worker goes idle (and sleeps in poll) before any update.
+    std::thread::sleep(Duration::from_millis(100));
+    let fresh = |last: u8| std::net::Ipv4Addr::new(10, 0, 1, last);
+    for last in 100..110u8 {
+        let txn = Transaction {
+            upserts: vec![Object::Endpoint(Endpoint {
+                vni: Vni::new(VNI_A).expect("a VNI"),
+                ip: fresh(last),
+                mac: MacAddr([0x0a, 0x58, 10, 0, 1, last]),
+                host: H2,
+            })],
+            deletes: vec![],
+        };
+        writer.apply(&txn).expect("a valid endpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        writer.stale_reader_copies(),
+        0,
+        "an update waited out the grace period on the idle worker"
+    );
+    let to_new = geneve_packet(
+        &OuterSpec::from_host(H1, H1_MAC, VNI_A),
+        &inner_udp(
+            POD_A1_MAC,
+            POD_A1B_MAC,
+            POD_A1,
+            fresh(109),
+            (1000, 2000),
+            b"new",
+        ),
+    );
+    topo.send_frames(&[to_new]);
+    let seen = capture
+        .frames(Duration::from_secs(2))
+        .iter()
+        .filter(|f| is_geneve_to_h2(f))
+        .count();
+    let counters = gateway.stop();
+    assert_eq!(seen, 1, "the newest endpoint is bounced: {counters:?}");
+    gateway.detach();
+}

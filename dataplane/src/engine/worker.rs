@@ -251,6 +251,11 @@ impl Worker {
                 settings,
                 ..
             } = self;
+            // Every turn, busy or idle: a worker that kept an old copy while idle would
+            // hold the table writer back (it copies the tables after a grace period
+            // rather than wait), so an update would cost a whole copy instead of its
+            // own size. One atomic load when nothing changed.
+            let tables = reader.load();
             for port in ports.iter_mut() {
                 port.complete(comp_batch);
                 port.refill();
@@ -260,7 +265,6 @@ impl Worker {
                 let received = unsafe { port.rx.consume(&mut rx_batch[..batch]) };
                 if received > 0 {
                     busy = true;
-                    let tables = reader.load();
                     port.counters
                         .services
                         .reserve_ids(tables.service_id_bound());
@@ -376,8 +380,9 @@ impl Port {
         queue_size(s.tx_ring)?;
         let name = CString::new(ifname).map_err(|_| EngineError::InterfaceName(ifname.into()))?;
         let interface = Interface::new(name);
-        let bind =
-            |zero_copy: bool| bind_retrying(socket_config(zero_copy), &umem, &interface, queue);
+        let bind = |zero_copy: bool| {
+            bind_retrying(socket_config(zero_copy), &umem, &interface, ifname, queue)
+        };
         let bind_error = |failure: BindFailure| EngineError::Bind {
             ifname: ifname.into(),
             queue,
@@ -521,6 +526,8 @@ impl Port {
                 if stop.load(Ordering::Relaxed)
                     || (self.tx_needs_kick(settings) && self.kick().is_err())
                 {
+                    // Forwarded by the pipeline but never sent: counted, not hidden.
+                    self.counters.tx_abandoned += (count - sent) as u64;
                     self.stash.extend_from_slice(&descs[sent..count]);
                     return;
                 }
@@ -602,6 +609,7 @@ fn bind_retrying(
     config: SocketConfig,
     umem: &Umem,
     interface: &Interface,
+    ifname: &str,
     queue: u32,
 ) -> Result<Bound, BindFailure> {
     let mut attempt = 0;
@@ -622,8 +630,19 @@ fn bind_retrying(
                     std::thread::sleep(BIND_BACKOFF);
                     continue;
                 }
+                let invalid = source
+                    .as_ref()
+                    .is_some_and(|io| io.raw_os_error() == Some(libc::EINVAL));
                 let reason = if busy {
                     "the queue is busy (another AF_XDP socket is bound to it)".into()
+                } else if invalid {
+                    // The kernel's one check that is about the configuration rather than
+                    // the socket: the queue id against the device's real queue count.
+                    let name = ifname;
+                    format!(
+                        "the kernel refused queue {queue}: {name} may have fewer queues \
+                         (`ethtool -l {name}` lists them; fix interfaces.queues)"
+                    )
                 } else {
                     e.to_string()
                 };

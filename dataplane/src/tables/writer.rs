@@ -65,6 +65,8 @@ pub struct TableWriter {
     /// How long to wait for readers to leave the spare before copying the tables instead.
     reader_grace: Duration,
     service_ids: ServiceIds,
+    /// Times a reader held the spare past the grace and the tables were copied instead.
+    stale_reader_copies: u64,
 }
 
 impl fmt::Debug for TableWriter {
@@ -130,6 +132,7 @@ impl TableWriter {
             backlog: Vec::new(),
             reader_grace: Duration::from_millis(200),
             service_ids: ServiceIds::default(),
+            stale_reader_copies: 0,
         }
     }
 
@@ -151,6 +154,12 @@ impl TableWriter {
 
     pub fn generation(&self) -> u64 {
         self.shared.load().generation
+    }
+
+    /// How many updates found a reader still on the spare copy after the grace period
+    /// and copied the whole tables instead: zero while every worker polls its reader.
+    pub fn stale_reader_copies(&self) -> u64 {
+        self.stale_reader_copies
     }
 
     /// Validates `txn` whole and applies it whole, or changes nothing. Returns the
@@ -222,6 +231,11 @@ impl TableWriter {
                 // tables costs O(size) once, but workers must never be waited on forever.
                 self.spare = Arc::new((*self.shared.load_full()).clone());
                 self.backlog.clear();
+                self.stale_reader_copies += 1;
+                tracing::warn!(
+                    grace_ms = self.reader_grace.as_millis() as u64,
+                    "a reader held the old tables past the grace period; copied them"
+                );
                 break;
             }
             spins += 1;
@@ -780,6 +794,10 @@ mod tests {
             .apply(&upsert(vec![endpoint(VNI_A, [10, 0, 2, 52], H1)]))
             .unwrap();
         assert_eq!(writer.snapshot().len_endpoints(), held.len_endpoints() + 3);
+        assert!(
+            writer.stale_reader_copies() >= 1,
+            "the stuck reader cost a copy"
+        );
         drop((held, held_again));
     }
 
