@@ -38,6 +38,11 @@ impl GatewayProcess {
     /// Starts `sluice-gateway --config CONFIG` in namespace `ns`. nsenter execs the
     /// binary, so the child's PID is the gateway's.
     fn start(ns: &str, config: &Path, dir: &Path) -> Self {
+        Self::start_with_env(ns, config, dir, &[])
+    }
+
+    /// Like [`Self::start`], with extra environment variables.
+    fn start_with_env(ns: &str, config: &Path, dir: &Path, env: &[(&str, &str)]) -> Self {
         let stderr = dir.join("gateway.stderr");
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{ns}"))
@@ -45,6 +50,7 @@ impl GatewayProcess {
             .arg(BIN)
             .arg("--config")
             .arg(config)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&stderr).expect("stderr file"))
@@ -138,6 +144,25 @@ fn expected_output(packet: &[u8]) -> (Verdict, Vec<u8>) {
     let mut frame = Frame::new(&mut buf, HEADROOM, packet.len()).expect("fits");
     let verdict = process(&tables, &local(), &mut frame);
     (verdict, frame.data().to_vec())
+}
+
+/// `packet` (built by the testkit) with the outer headers the wire contract asks for
+/// and etherparse's builder does not write: DF set, header checksum recomputed, UDP
+/// checksum 0.
+fn contract_outer(mut packet: Vec<u8>) -> Vec<u8> {
+    let ip = 14;
+    let ihl = usize::from(packet[ip] & 0x0f) * 4;
+    packet[ip + 6] |= 0x40;
+    packet[ip + 10..ip + 12].fill(0);
+    let sum = packet[ip..ip + ihl]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let checksum = !(((folded & 0xffff) + (folded >> 16)) as u16);
+    packet[ip + 10..ip + 12].copy_from_slice(&checksum.to_be_bytes());
+    packet[ip + ihl + 6..ip + ihl + 8].fill(0);
+    packet
 }
 
 /// The Geneve option of `kind` in `d` as (first address, second address).
@@ -252,8 +277,13 @@ fn wait_until_forwarding(topo: &Segment, gateway: &mut GatewayProcess, socket: &
 }
 
 /// Stops the gateway with SIGTERM and checks it exits 0 leaving nothing attached.
-fn stop_cleanly(topo: &Segment, mut gateway: GatewayProcess) {
-    gateway.signal(Signal::SIGTERM);
+fn stop_cleanly(topo: &Segment, gateway: GatewayProcess) {
+    stop_cleanly_with(topo, gateway, Signal::SIGTERM);
+}
+
+/// Stops the gateway with `signal` and checks it exits 0 leaving nothing attached.
+fn stop_cleanly_with(topo: &Segment, mut gateway: GatewayProcess, signal: Signal) {
+    gateway.signal(signal);
     let status = gateway.wait(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "{}", gateway.stderr());
     assert!(!topo.gateway_has_xdp(), "a program is still attached");
@@ -281,17 +311,16 @@ fn the_binary_forwards_serves_metrics_and_shuts_down_cleanly() {
     metrics_when(&topo.gateway, |_| true, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
 
-    let packet = geneve_packet(
-        &OuterSpec::from_host(H1, H1_MAC, VNI_A),
-        &inner_udp(
-            POD_A1_MAC,
-            POD_A1B_MAC,
-            POD_A1,
-            POD_A1B,
-            (1000, 2000),
-            b"hello",
-        ),
+    // A stale neighbour entry in the pod: the bouncer sets the inner destination MAC.
+    let inner = inner_udp(
+        POD_A1_MAC,
+        sluice_api::MacAddr([0x02, 9, 9, 9, 9, 9]),
+        POD_A1,
+        POD_A1B,
+        (1000, 2000),
+        b"hello",
     );
+    let packet = geneve_packet(&OuterSpec::from_host(H1, H1_MAC, VNI_A), &inner);
     topo.send_frames(std::slice::from_ref(&packet));
     let out = geneve_to_h2(&capture, Duration::from_secs(5)).unwrap_or_else(|| {
         panic!(
@@ -303,6 +332,24 @@ fn the_binary_forwards_serves_metrics_and_shuts_down_cleanly() {
     assert_eq!(d.outer_src, GW);
     assert_eq!(d.outer_dst_mac, H2_MAC.0);
     assert_eq!(d.vni, VNI_A);
+    // Byte for byte against the wire contract, built without the pipeline: outer
+    // headers from the gateway to A1B's host, the sender's flow entropy kept, a
+    // HOST_HINT saying where A1 lives, and only the inner destination MAC changed.
+    let mut want_inner = inner.clone();
+    want_inner[0..6].copy_from_slice(&POD_A1B_MAC.0);
+    let want = contract_outer(geneve_packet(
+        &OuterSpec {
+            src_mac: GW_MAC,
+            dst_mac: H2_MAC,
+            src_ip: GW,
+            dst_ip: H2,
+            src_port: 50_000,
+            vni: VNI_A,
+            options: vec![RawOption::host_hint(POD_A1, H1)],
+        },
+        &want_inner,
+    ));
+    assert_eq!(hex(&out), hex(&want), "the bounce, byte for byte");
 
     let text = metrics_when(
         &topo.gateway,
@@ -455,7 +502,8 @@ fn the_binary_routes_across_subnets() {
     );
     check_inner_checksums(&d.inner).expect("inner checksums");
     assert_eq!(out, want, "byte for byte");
-    stop_cleanly(&topo, gateway);
+    // Ctrl-C in a terminal: the same clean stop as SIGTERM.
+    stop_cleanly_with(&topo, gateway, Signal::SIGINT);
 }
 
 #[test]
@@ -577,19 +625,16 @@ fn check_config_prints_the_plan_or_one_line_naming_the_field() {
     );
 }
 
-/// `promtool check metrics` on `text`, when promtool is installed (scripts/setup.sh
-/// installs it with the `prometheus` package).
+/// `promtool check metrics` on `text` (scripts/setup.sh installs promtool with the
+/// `prometheus` package; without it the test fails rather than check nothing).
 fn promtool_check(text: &str) {
-    let Ok(mut child) = Command::new("promtool")
+    let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-    else {
-        eprintln!("promtool is not installed; skipping the exposition format check");
-        return;
-    };
+        .expect("running promtool (scripts/setup.sh installs the prometheus package)");
     child
         .stdin
         .take()
@@ -929,4 +974,196 @@ fn a_busy_queue_is_refused_after_retries_naming_interface_and_queue() {
     assert!(!topo.gateway_has_xdp(), "nothing attached");
     assert!(!socket.exists(), "no socket file");
     drop(holder);
+}
+
+#[test]
+fn malformed_and_unroutable_frames_are_dropped_and_counted_by_reason() {
+    let topo = Segment::new("sl-gwb");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let receiver = capture(&topo.receiver);
+    let sender = capture(&topo.sender);
+    let (gateway, _socket) = start_forwarding(&topo, dir.path());
+
+    let outer = || OuterSpec::from_host(H1, H1_MAC, VNI_A);
+    let good_inner = || inner_udp(POD_A1_MAC, POD_A1B_MAC, POD_A1, POD_A1B, (1000, 2000), b"x");
+    let mut bad_checksum = geneve_packet(&outer(), &good_inner());
+    bad_checksum[14 + 10] ^= 0xff;
+    let mut bad_version = geneve_packet(&outer(), &good_inner());
+    bad_version[14 + 20 + 8] |= 0x40;
+    let critical = RawOption {
+        class: OPTION_CLASS,
+        kind: 0x80 | 0x7f,
+        body: vec![],
+    };
+    let mut ipv6_inner = good_inner();
+    ipv6_inner[12..14].copy_from_slice(&[0x86, 0xdd]);
+    let arp_reply = {
+        let mut arp = inner_arp_request(POD_A1_MAC, POD_A1, POD_A1B);
+        arp[20..22].copy_from_slice(&[0, 2]);
+        arp
+    };
+    let no_endpoint = inner_udp(
+        POD_A1_MAC,
+        POD_A1B_MAC,
+        POD_A1,
+        std::net::Ipv4Addr::new(10, 0, 1, 200),
+        (1000, 2000),
+        b"x",
+    );
+    // Each reason is sent a different number of times, so a mix-up cannot add up.
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("outer_ipv4_checksum", bad_checksum),
+        ("geneve_malformed", bad_version),
+        (
+            "unknown_critical_option",
+            geneve_packet(&outer().with_option(critical), &good_inner()),
+        ),
+        (
+            "unknown_vni",
+            geneve_packet(&OuterSpec::from_host(H1, H1_MAC, 999), &good_inner()),
+        ),
+        ("inner_unsupported", geneve_packet(&outer(), &ipv6_inner)),
+        ("arp_not_request", geneve_packet(&outer(), &arp_reply)),
+        ("unknown_endpoint", geneve_packet(&outer(), &no_endpoint)),
+    ];
+    let mut frames = Vec::new();
+    for (i, (_, packet)) in cases.iter().enumerate() {
+        frames.extend(std::iter::repeat_n(packet.clone(), i + 1));
+    }
+    topo.send_frames(&frames);
+    let total = frames.len() as u64;
+    let text = metrics_when(
+        &topo.gateway,
+        |t| sample(t, "sluice_rx_packets_total").is_some_and(|n| n >= total),
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        sample(&text, "sluice_rx_packets_total"),
+        Some(total),
+        "{text}"
+    );
+    for (i, (label, _)) in cases.iter().enumerate() {
+        assert_eq!(
+            sum_samples(
+                &text,
+                "sluice_drops_total",
+                &[&format!("reason=\"{label}\"")]
+            ),
+            i as u64 + 1,
+            "{label}: {text}"
+        );
+    }
+    assert_eq!(
+        sum_samples(&text, "sluice_drops_total", &[]),
+        total,
+        "{text}"
+    );
+    assert_eq!(sample(&text, "sluice_forwarded_total"), Some(0), "{text}");
+    assert_eq!(sample(&text, "sluice_replied_total"), Some(0), "{text}");
+    assert_eq!(sample(&text, "sluice_tx_packets_total"), Some(0), "{text}");
+    let from_gateway = |frame: &[u8]| decode(frame).is_ok_and(|d| d.outer_src == GW);
+    assert!(
+        receive_matching(&receiver, Duration::from_millis(300), from_gateway).is_none()
+            && receive_matching(&sender, Duration::from_millis(100), from_gateway).is_none(),
+        "a dropped frame left the gateway"
+    );
+    stop_cleanly(&topo, gateway);
+}
+
+#[test]
+fn a_panicking_worker_stops_the_gateway_in_one_line_leaving_nothing_attached() {
+    use sluice_dataplane::appliance::{FAULT_ENV, FAULT_WORKER_PANIC};
+
+    let topo = Segment::new("sl-gwb");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, socket) = write_config(dir.path(), IF);
+    let mut gateway = GatewayProcess::start_with_env(
+        &topo.gateway,
+        &config,
+        dir.path(),
+        &[(FAULT_ENV, FAULT_WORKER_PANIC)],
+    );
+    let status = gateway.wait(Duration::from_secs(30));
+    let stderr = gateway.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    let (_, worker) = cores();
+    assert!(
+        last.starts_with(&format!(
+            "sluice-gateway: worker on core {worker} ({IF} queue 0) panicked: injected fault"
+        )),
+        "{stderr}"
+    );
+    // The panic hook's own line (where it happened) comes before it, also on one line.
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("sluice-gateway: internal error: thread")
+                && l.contains("panicked at")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+    assert!(!topo.gateway_has_xdp(), "a program is still attached");
+    assert!(!socket.exists(), "the socket file is still there");
+}
+
+#[test]
+fn a_queue_the_interface_lacks_is_refused_in_one_line_naming_it() {
+    let topo = Segment::new("sl-gwb");
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The segment's eth0 has one queue: queue 1 does not exist.
+    let (config, socket) = write_config_queues(dir.path(), IF, "0-1", "");
+    let mut gateway = GatewayProcess::start(&topo.gateway, &config, dir.path());
+    let status = gateway.wait(Duration::from_secs(30));
+    let stderr = gateway.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let line = one_error_line(&stderr);
+    assert!(
+        line.contains(&format!("binding an AF_XDP socket to {IF} queue 1"))
+            && line.contains(&format!("`ethtool -l {IF}`"))
+            && line.contains("interfaces.queues"),
+        "{stderr}"
+    );
+    assert!(!topo.gateway_has_xdp(), "nothing attached");
+    assert!(!socket.exists(), "no socket file");
+}
+
+#[test]
+fn check_config_loads_the_tables_file_too() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, _socket) = write_config(dir.path(), IF);
+    let check = || {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .arg("--check-config")
+            .output()
+            .expect("running sluice-gateway")
+    };
+    let out = check();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let objects = world().upserts.len();
+    assert!(
+        stdout.lines().any(|l| l.starts_with("tables.file")
+            && l.ends_with(&format!("accepted ({objects} objects)"))),
+        "{stdout}"
+    );
+
+    // An endpoint outside every subnet: refused by --check-config, as at start-up.
+    let tables = dir.path().join("tables.yaml");
+    let text = std::fs::read_to_string(&tables).expect("tables");
+    std::fs::write(&tables, text.replacen("10.0.1.11", "10.0.200.11", 1)).expect("writing");
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = one_error_line(&stderr);
+    assert!(
+        line.contains("tables.file") && line.contains("10.0.200.11") && line.contains("ip"),
+        "{stderr}"
+    );
 }

@@ -120,7 +120,7 @@ impl Published {
             )
         };
         type Field = fn(&WorkerCounters) -> u64;
-        let counters: [(&str, &str, Field); 9] = [
+        let counters: [(&str, &str, Field); 10] = [
             (
                 "sluice_rx_packets_total",
                 "Packets received from the AF_XDP RX ring.",
@@ -164,6 +164,11 @@ impl Published {
             ("sluice_kicks_total", "TX wakeup syscalls (sendto).", |c| {
                 c.kicks
             }),
+            (
+                "sluice_tx_abandoned_total",
+                "Forwarded packets that never reached the TX ring (stopping, or a failed TX wakeup).",
+                |c| c.tx_abandoned,
+            ),
         ];
         for (name, help, field) in counters {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -385,6 +390,7 @@ pub fn stats_table(text: &str) -> Result<String, String> {
             "fill_ring_empty",
             "tx_ring_full",
             "kicks",
+            "tx_abandoned",
         ]
         .iter()
         .position(|n| *n == name)
@@ -531,6 +537,7 @@ mod tests {
             "sluice_fill_ring_empty_total",
             "sluice_tx_ring_full_total",
             "sluice_kicks_total",
+            "sluice_tx_abandoned_total",
         ] {
             assert!(text.contains(&format!("# TYPE {name} counter")), "{name}");
             for worker in [1, 2] {

@@ -76,9 +76,20 @@ pub enum RunError {
     },
     #[error("the {0} thread panicked")]
     Panicked(&'static str),
+    #[error("worker on core {core} ({queues}) panicked: {message}")]
+    WorkerPanicked {
+        core: u32,
+        queues: String,
+        message: String,
+    },
     #[error("cleaning up: {0}")]
     Cleanup(String),
 }
+
+/// Fault injection for tests: `SLUICE_GATEWAY_FAULT=worker-panic` makes every worker
+/// panic once its sockets are bound, as a bug in the packet path would.
+pub const FAULT_ENV: &str = "SLUICE_GATEWAY_FAULT";
+pub const FAULT_WORKER_PANIC: &str = "worker-panic";
 
 /// Why the control thread ended the run.
 #[derive(Debug)]
@@ -94,6 +105,21 @@ pub fn check(text: &str) -> Result<(GatewayConfig, Plan), RunError> {
     let plan = config.plan()?;
     plan.check_host(&crate::config::HostFacts::read().map_err(RunError::HostFacts)?)?;
     Ok((config, plan))
+}
+
+/// Loads `tables.file`, if the configuration names one, into scratch tables, as a run
+/// would: what `--check-config` adds to [`check`], so that a table file the gateway
+/// would refuse is caught before a restart. Returns the line to print.
+pub fn check_tables(config: &GatewayConfig) -> Result<Option<String>, RunError> {
+    let Some(tables) = &config.tables else {
+        return Ok(None);
+    };
+    let txn = load_tables(&mut TableWriter::new(), &tables.file)?;
+    Ok(Some(format!(
+        "tables.file      {}: accepted ({} objects)",
+        tables.file.display(),
+        txn
+    )))
 }
 
 /// Runs the gateway until SIGTERM or SIGINT; returns once everything is taken apart. A
@@ -170,12 +196,16 @@ pub fn run(config: &GatewayConfig, plan: &Plan) -> Result<(), RunError> {
             source,
         };
         let (fd_tx, fd_rx) = mpsc::channel();
+        // The worker runs only once its sockets are in the XSKMAP: a worker that failed
+        // (or panicked) first would close a socket the map is about to be given.
+        let (go_tx, go_rx) = mpsc::channel::<()>();
         let stop = Arc::clone(&running.stop);
         let worker_slots: Vec<Arc<CounterSlot>> = slots.by_ref().take(specs.len()).collect();
         let failed = stop_tx.clone();
         let settings = settings.clone();
         let thread_queues = queues.clone();
         let thread_specs = specs.clone();
+        let fault = std::env::var(FAULT_ENV).ok();
         let handle = std::thread::Builder::new()
             .name(format!("worker-{core}"))
             .spawn(move || {
@@ -190,24 +220,56 @@ pub fn run(config: &GatewayConfig, plan: &Plan) -> Result<(), RunError> {
                 };
                 let fds: Vec<(i32, bool)> = worker.fds().map(|(_, _, fd, zc)| (fd, zc)).collect();
                 let _ = fd_tx.send(Ok(fds));
+                if go_rx.recv().is_err() {
+                    return; // the start failed after binding: nothing to serve
+                }
                 let slots: Vec<&CounterSlot> = worker_slots.iter().map(|s| &**s).collect();
-                if let Err(source) = worker.run_published(&stop, &slots) {
-                    let _ = failed.send(Stop::WorkerFailed(RunError::Worker {
+                // A worker that panics (a bug) must not leave its queues silently
+                // unserved while the gateway goes on answering gRPC: it stops the run,
+                // and the gateway exits 1 naming the worker, so a supervisor restarts it.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if fault.as_deref() == Some(FAULT_WORKER_PANIC) {
+                        panic!("injected fault ({FAULT_ENV}={FAULT_WORKER_PANIC})");
+                    }
+                    worker.run_published(&stop, &slots)
+                }));
+                let failure = match outcome {
+                    Ok(Ok(())) => return,
+                    Ok(Err(source)) => RunError::Worker {
                         core,
                         queues: thread_queues,
                         source,
-                    }));
-                }
+                    },
+                    Err(payload) => RunError::WorkerPanicked {
+                        core,
+                        queues: thread_queues,
+                        message: sluice_api::process::panic_message(&*payload),
+                    },
+                };
+                let _ = failed.send(Stop::WorkerFailed(failure));
             })
             .map_err(|source| RunError::Thread {
                 what: "starting a worker thread",
                 source,
             })?;
         running.workers.push(handle);
-        let fds = fd_rx
-            .recv()
-            .map_err(|_| RunError::Panicked("worker"))?
-            .map_err(worker_error)?;
+        let fds = match fd_rx.recv() {
+            Ok(fds) => fds.map_err(worker_error)?,
+            // The thread ended before saying how its bind went: it panicked.
+            Err(_) => {
+                let handle = running.workers.pop().expect("pushed above");
+                let message = handle
+                    .join()
+                    .err()
+                    .map(|payload| sluice_api::process::panic_message(&*payload))
+                    .unwrap_or_else(|| "(no message)".into());
+                return Err(RunError::WorkerPanicked {
+                    core,
+                    queues,
+                    message,
+                });
+            }
+        };
         for (spec, (fd, zero_copy)) in specs.iter().zip(fds) {
             tracing::info!(
                 core,
@@ -224,6 +286,7 @@ pub fn run(config: &GatewayConfig, plan: &Plan) -> Result<(), RunError> {
             program.set_socket(spec.queue, fd)?;
             running.sockets.push((spec.ifname.clone(), spec.queue));
         }
+        let _ = go_tx.send(());
     }
     tracing::info!(workers = plan.workers.len(), "forwarding");
 
@@ -287,11 +350,14 @@ fn engine_settings(config: &GatewayConfig) -> EngineSettings {
         need_wakeup: config.engine.need_wakeup,
         busy_poll_usecs: config.engine.busy_poll_usecs,
         busy_poll_budget: config.engine.busy_poll_budget,
-        ..EngineSettings::default()
+        idle_spins: config.engine.idle_spins,
+        // Validated to 1..=100.
+        idle_poll_ms: config.engine.idle_sleep_ms as i32,
     }
 }
 
-fn load_tables(writer: &mut TableWriter, path: &std::path::Path) -> Result<(), RunError> {
+/// Applies the file at `path` to `writer`; returns how many objects it upserts.
+fn load_tables(writer: &mut TableWriter, path: &std::path::Path) -> Result<usize, RunError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| RunError::Tables {
         path: name.clone(),
@@ -308,7 +374,7 @@ fn load_tables(writer: &mut TableWriter, path: &std::path::Path) -> Result<(), R
             rejected,
         })?;
     tracing::info!(file = name, generation, "tables loaded");
-    Ok(())
+    Ok(txn.upserts.len())
 }
 
 /// Starts the control thread: binds gRPC and metrics, installs the signal handlers, and

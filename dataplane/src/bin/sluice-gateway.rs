@@ -41,6 +41,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    sluice_api::process::one_line_panics("sluice-gateway");
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -89,7 +90,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let (config, plan) = appliance::check(&text).with_context(|| path.display().to_string())?;
     if cli.check_config {
+        let tables =
+            appliance::check_tables(&config).with_context(|| path.display().to_string())?;
         println!("{plan}");
+        if let Some(line) = tables {
+            println!("{line}");
+        }
         return Ok(());
     }
     appliance::run(&config, &plan)?;

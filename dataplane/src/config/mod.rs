@@ -155,6 +155,22 @@ pub struct Engine {
     pub busy_poll_budget: u32,
     /// Busy-poll time in microseconds (SO_BUSY_POLL).
     pub busy_poll_usecs: u32,
+    /// Turns of the loop with nothing received on any queue before the worker sleeps in
+    /// `poll(2)`; 0 never sleeps (pure busy polling: the core stays at 100 %).
+    #[serde(default = "default_idle_spins")]
+    pub idle_spins: u32,
+    /// The longest such sleep, in milliseconds (1..=100): also the most a packet arriving
+    /// on an idle worker can wait beyond its wakeup.
+    #[serde(default = "default_idle_sleep_ms")]
+    pub idle_sleep_ms: u32,
+}
+
+fn default_idle_spins() -> u32 {
+    1024
+}
+
+fn default_idle_sleep_ms() -> u32 {
+    1
 }
 
 impl Default for Engine {
@@ -165,6 +181,8 @@ impl Default for Engine {
             need_wakeup: true,
             busy_poll_budget: 64,
             busy_poll_usecs: 20,
+            idle_spins: default_idle_spins(),
+            idle_sleep_ms: default_idle_sleep_ms(),
         }
     }
 }
@@ -452,6 +470,14 @@ impl GatewayConfig {
                 "engine.batch_size",
                 format!("{batch} is outside 1..=256 or larger than a ring"),
                 "32 or 64 is usual",
+            ));
+        }
+        let sleep = self.engine.idle_sleep_ms;
+        if !(1..=100).contains(&sleep) {
+            return Err(error(
+                "engine.idle_sleep_ms",
+                format!("{sleep} is outside 1..=100"),
+                "1 is usual; set engine.idle_spins = 0 to never sleep",
             ));
         }
         Ok(())

@@ -96,6 +96,8 @@ fn bad_values_name_their_field() {
         ("rx = 1000", "rings.rx"),
         ("batch_size = 0", "engine.batch_size"),
         ("batch_size = 512", "engine.batch_size"),
+        ("idle_sleep_ms = 0", "engine.idle_sleep_ms"),
+        ("idle_sleep_ms = 1000", "engine.idle_sleep_ms"),
         ("queues = \"a\"", "interfaces[0].queues"),
         ("mac = \"01:00:5e:00:00:01\"", "interfaces[0].mac"),
         ("ip = \"0.0.0.0\"", "interfaces[0].ip"),

@@ -28,6 +28,9 @@ pub struct WorkerCounters {
     pub tx_ring_full: u64,
     /// TX wakeups (`sendto`).
     pub kicks: u64,
+    /// Packets the pipeline forwarded that never reached the TX ring: the ring stayed
+    /// full while the gateway was stopping, or a TX wakeup failed.
+    pub tx_abandoned: u64,
     /// Forwarded packets per service and backend.
     pub services: ServiceCounters,
 }
@@ -56,6 +59,7 @@ impl WorkerCounters {
         self.fill_ring_empty += other.fill_ring_empty;
         self.tx_ring_full += other.tx_ring_full;
         self.kicks += other.kicks;
+        self.tx_abandoned += other.tx_abandoned;
     }
 }
 
@@ -137,6 +141,7 @@ pub struct CounterSlot {
     fill_ring_empty: AtomicU64,
     tx_ring_full: AtomicU64,
     kicks: AtomicU64,
+    tx_abandoned: AtomicU64,
     /// Taken by the worker once per publish (about every 100 ms), never per packet.
     services: Mutex<ServiceCounters>,
 }
@@ -157,6 +162,7 @@ impl CounterSlot {
         store(&self.fill_ring_empty, counters.fill_ring_empty);
         store(&self.tx_ring_full, counters.tx_ring_full);
         store(&self.kicks, counters.kicks);
+        store(&self.tx_abandoned, counters.tx_abandoned);
         let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
         services.clone_from(&counters.services);
     }
@@ -177,6 +183,7 @@ impl CounterSlot {
             fill_ring_empty: load(&self.fill_ring_empty),
             tx_ring_full: load(&self.tx_ring_full),
             kicks: load(&self.kicks),
+            tx_abandoned: load(&self.tx_abandoned),
             services: self
                 .services
                 .lock()
@@ -201,6 +208,7 @@ mod tests {
             fill_ring_empty: 5,
             tx_ring_full: 6,
             kicks: 7,
+            tx_abandoned: 8,
             ..Default::default()
         };
         counters.outcomes.record(Verdict::Forward);
