@@ -19,6 +19,7 @@ struct Args {
 }
 
 fn main() {
+    sluice_api::process::one_line_panics("crdgen");
     if let Err(e) = run(Args::parse()) {
         eprintln!("crdgen: {e:#}");
         std::process::exit(1);

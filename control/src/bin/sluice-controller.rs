@@ -92,6 +92,7 @@ enum Mode {
 }
 
 fn main() -> ExitCode {
+    sluice_api::process::one_line_panics("sluice-controller");
     let args = Args::parse();
     // RUST_LOG (e.g. `info`, `sluice_control=debug,kube=warn`); `info` when unset.
     let filter = match std::env::var("RUST_LOG") {

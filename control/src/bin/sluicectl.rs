@@ -97,6 +97,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    sluice_api::process::one_line_panics("sluicectl");
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -142,6 +142,7 @@ enum Command {
 }
 
 fn main() {
+    sluice_api::process::one_line_panics("sluice-gen");
     if let Err(e) = run(Cli::parse()) {
         eprintln!("sluice-gen: {e:#}");
         std::process::exit(1);
