@@ -1,5 +1,5 @@
 //! The controller's object model: named objects as users write them and as the
-//! Kubernetes CRDs will hold them (`apiVersion`, `kind`, `metadata`, `spec`, `status`).
+//! Kubernetes CRDs hold them (`apiVersion`, `kind`, `metadata`, `spec`, `status`).
 //!
 //! Users write `spec`; the controller owns `status` (allocated VNI, VIP, router address,
 //! placed gateways) and ignores a `status` sent to it. Gateways, nodes and endpoints are

@@ -1,4 +1,4 @@
-//! The AF_XDP engine: worker threads that own a UMEM and a socket on one NIC queue each
+//! The AF_XDP engine: worker threads that own a UMEM and a socket per NIC queue they serve
 //! and run the pipeline to completion over batches of received frames.
 //!
 //! A [`Worker`] loops: return completed TX frames to its stash, refill the fill ring

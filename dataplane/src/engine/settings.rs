@@ -1,5 +1,5 @@
-//! A worker's UMEM, ring and batch sizes (the prototype's stand-in for the `[umem]`,
-//! `[rings]` and `[engine]` sections of `config::GatewayConfig`).
+//! A worker's UMEM, ring and batch sizes, resolved from the `[umem]`, `[rings]` and
+//! `[engine]` sections of `config::GatewayConfig`.
 
 use super::EngineError;
 pub use crate::config::ZeroCopy;
