@@ -257,7 +257,11 @@ impl Worker {
             // own size. One atomic load when nothing changed.
             let tables = reader.load();
             for port in ports.iter_mut() {
-                port.complete(comp_batch);
+                // Frames coming back is progress; frames only waiting to come back is not
+                // (see below).
+                if port.complete(comp_batch) > 0 {
+                    busy = true;
+                }
                 port.refill();
                 // SAFETY: the descriptors written into `rx_batch` are frames the kernel
                 // hands back to this port; `rx_batch` holds no frame at this point (the
@@ -271,8 +275,11 @@ impl Worker {
                     let to_send = port.process(tables, &mut rx_batch[..received], tx_batch);
                     port.transmit(&tx_batch[..to_send], stop, settings, comp_batch);
                 }
+                // Outstanding frames alone do not make the turn busy: in copy mode on veth
+                // they complete when the peer's NAPI frees them, and that NAPI may run on
+                // this very core, so spinning for them would starve it (for milliseconds,
+                // until the scheduler preempts the worker). Idle turns yield instead.
                 if port.outstanding > 0 {
-                    busy = true;
                     if port.tx_needs_kick(settings) {
                         port.kick()?;
                     }
@@ -296,7 +303,10 @@ impl Worker {
             if self.settings.idle_spins > 0 && idle >= self.settings.idle_spins {
                 self.sleep_until_readable()?;
             } else {
-                std::hint::spin_loop();
+                // On a core of its own this returns at once (a syscall, well under a
+                // microsecond); on a core shared with the NIC's NAPI thread or softirqs
+                // it lets them deliver the packets this worker is waiting for.
+                std::thread::yield_now();
             }
         }
         Ok(())
@@ -551,16 +561,17 @@ impl Port {
         })
     }
 
-    /// Moves completed TX frames to the stash.
-    fn complete(&mut self, comp_batch: &mut [FrameDesc]) {
+    /// Moves completed TX frames to the stash; returns how many.
+    fn complete(&mut self, comp_batch: &mut [FrameDesc]) -> usize {
         if self.outstanding == 0 {
-            return;
+            return 0;
         }
         // SAFETY: the completion ring hands back frames of this port's UMEM whose
         // transmission finished; they go straight to the stash.
         let done = unsafe { self.comp.consume(comp_batch) };
         self.stash.extend_from_slice(&comp_batch[..done]);
         self.outstanding -= done;
+        done
     }
 
     /// Gives the kernel as many free frames as the fill ring takes.
