@@ -118,7 +118,7 @@ def main():
         l = lat.get(c) or {}
         b = busy.get(c)
         rows.append(f"| {label(c)} | {med[c]:.3f} | {offered[c]:.3f} | {ratio(med[c], k)} | {ratio(med[c], d)} | "
-                    f"{l.get('p50_us')} / {l.get('p99_us')} | {statistics.median(b) if b else ''} |")
+                    f"{l.get('p50_us')} / {l.get('p99_us')} | {f'{statistics.median(b):.2f}' if b else ''} |")
     trows = ["| target | measured | goal | met |", "|---|---|---|---|"] + [
         f"| {t['target']} | {t['measured']} | {t['goal']} | {'yes' if t['met'] else 'NO'} |" for t in targets]
     lrows = ["| run | rate pps | sent | delivered | lost (before the gateway / after it) | back at the generator | gateway rx / tx | gateway drops | updates applied (failed), Apply p50 / max ms |",

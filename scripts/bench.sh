@@ -12,8 +12,7 @@
 #   nft-S-steady|churn kube-proxy style nftables verdict map with S services
 #   gw-bounce-...      sluice-gateway bouncing Geneve (E endpoints, F flows)
 #   gw-dnat-...        sluice-gateway service DNAT (S services, E endpoints, F flows)
-#                      (-bp: with the engine's busy polling on; off otherwise: on veth it
-#                      costs throughput and milliseconds of delay, see perf/results/bench.md)
+#                      (-bp: with the engine's busy polling on; off otherwise)
 #
 # Generator: sluice-gen xsk (AF_XDP, copy mode) pinned to core 0, 64-byte (inner) frames.
 # DUT: core 1 (its NAPI thread, testpmd's forwarding lcore, the gateway's worker). Sink:

@@ -5,7 +5,8 @@
 //! from the stash, take an RX batch, run [`pipeline::process`](crate::pipeline::process)
 //! on each frame in place, transmit the survivors from the same UMEM frames, kick the
 //! kernel while TX descriptors are outstanding. Nothing in the loop allocates, locks or
-//! makes a syscall per packet; the only syscalls are TX kicks (and an idle `poll`).
+//! makes a syscall per packet; the only syscalls are TX kicks and, when a turn finds no
+//! work, `sched_yield` (then `poll` once the worker has been idle for a while).
 //!
 //! Scope: one socket (and UMEM) per queue; a worker serving several queues takes one
 //! batch from each in turn. Zero-copy is bound when asked for (`ZeroCopy::On`) or
